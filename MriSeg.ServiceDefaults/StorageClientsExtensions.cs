@@ -77,9 +77,9 @@ public sealed class BlobStorageHealthCheck(BlobServiceClient client) : IHealthCh
             await pages.MoveNextAsync();
             return HealthCheckResult.Healthy($"blob storage at {client.Uri} answers");
         }
-        catch (Exception e) when (e is not OperationCanceledException || !cancellationToken.IsCancellationRequested)
+        catch (Exception e)
         {
-            return new HealthCheckResult(context.Registration.FailureStatus, $"blob storage at {client.Uri} is unreachable: {e.Message}", e);
+            return StorageProbe.Unreachable(context, "blob", client.Uri, e);
         }
     }
 }
@@ -96,9 +96,20 @@ public sealed class TableStorageHealthCheck(TableServiceClient client) : IHealth
             await pages.MoveNextAsync();
             return HealthCheckResult.Healthy($"table storage at {client.Uri} answers");
         }
-        catch (Exception e) when (e is not OperationCanceledException || !cancellationToken.IsCancellationRequested)
+        catch (Exception e)
         {
-            return new HealthCheckResult(context.Registration.FailureStatus, $"table storage at {client.Uri} is unreachable: {e.Message}", e);
+            return StorageProbe.Unreachable(context, "table", client.Uri, e);
         }
     }
+}
+
+internal static class StorageProbe
+{
+    // A probe cancelled by its time limit means the storage did not answer (the SDK was still retrying).
+    public static HealthCheckResult Unreachable(HealthCheckContext context, string kind, Uri uri, Exception e) =>
+        new(context.Registration.FailureStatus,
+            e is OperationCanceledException
+                ? $"{kind} storage at {uri} did not answer within {context.Registration.Timeout.TotalSeconds:0} s"
+                : $"{kind} storage at {uri} is unreachable: {e.Message}",
+            e);
 }

@@ -28,6 +28,8 @@ public sealed record EndpointsFile
     public int ProcessId { get; init; }
     public string? Dashboard { get; init; }
     /// <summary>Service name → endpoint name (<c>grpc</c>, <c>http</c>) → URL.</summary>
+    // Populate, so that reading keeps the case-insensitive comparer.
+    [JsonObjectCreationHandling(JsonObjectCreationHandling.Populate)]
     public Dictionary<string, Dictionary<string, string>> Services { get; init; } = new(StringComparer.OrdinalIgnoreCase);
 
     public bool WriterIsRunning()

@@ -1,0 +1,36 @@
+using System.Net;
+using System.Net.Sockets;
+using Grpc.Net.Client;
+using Microsoft.AspNetCore.Hosting;
+using Microsoft.AspNetCore.Mvc.Testing;
+
+namespace MriSeg.Services.Tests;
+
+/// <summary>
+/// A service in-process on the test server, with storage connection strings that point at a port
+/// where nothing listens (these tests need no storage, and some check what happens without it).
+/// </summary>
+public sealed class ServiceHost<TService> : WebApplicationFactory<TService> where TService : class
+{
+    public static readonly int DeadPort = FindClosedPort();
+
+    protected override void ConfigureWebHost(IWebHostBuilder builder)
+    {
+        builder.UseEnvironment("Testing");
+        builder.UseSetting("ConnectionStrings:blobs", AzuriteStyle("BlobEndpoint"));
+        builder.UseSetting("ConnectionStrings:tables", AzuriteStyle("TableEndpoint"));
+    }
+
+    public GrpcChannel CreateChannel() =>
+        GrpcChannel.ForAddress(Server.BaseAddress, new GrpcChannelOptions { HttpHandler = Server.CreateHandler() });
+
+    private static string AzuriteStyle(string endpoint) =>
+        $"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=a2V5;{endpoint}=http://127.0.0.1:{DeadPort}/devstoreaccount1;";
+
+    private static int FindClosedPort()
+    {
+        using var listener = new TcpListener(IPAddress.Loopback, 0);
+        listener.Start();
+        return ((IPEndPoint)listener.LocalEndpoint).Port;
+    }
+}

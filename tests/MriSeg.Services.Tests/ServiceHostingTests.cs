@@ -1,0 +1,109 @@
+using System.Net;
+using System.Text.Json;
+using Grpc.Core;
+using Grpc.Health.V1;
+using MriSeg.Contracts;
+using V1 = MriSeg.Contracts.V1;
+using Xunit;
+
+namespace MriSeg.Services.Tests;
+
+public sealed class ServiceHostingTests
+{
+    private static CancellationToken Ct => TestContext.Current.CancellationToken;
+
+    [Fact]
+    public async Task Each_service_explains_which_capability_an_unbuilt_rpc_waits_for()
+    {
+        async Task<RpcException> Fails(Func<Task> call) => await Assert.ThrowsAsync<RpcException>(call);
+
+        using var preprocess = new ServiceHost<MriSeg.Preprocess.PreprocessService>();
+        using var packaging = new ServiceHost<MriSeg.Packaging.PackagingService>();
+        using var keyBroker = new ServiceHost<MriSeg.KeyBroker.KeyBrokerService>();
+        using var trainer = new ServiceHost<MriSeg.Trainer.TrainerService>();
+        using var modelVault = new ServiceHost<MriSeg.ModelVault.ModelVaultService>();
+
+        var failures = new Dictionary<string, RpcException>
+        {
+            ["Preprocess/InspectSource:NIfTI"] = await Fails(() =>
+                new V1.Preprocess.PreprocessClient(preprocess.CreateChannel()).InspectSourceAsync(new(), cancellationToken: Ct).ResponseAsync),
+            ["Packaging/Verify:sealed packages"] = await Fails(() =>
+                new V1.Packaging.PackagingClient(packaging.CreateChannel()).VerifyAsync(new(), cancellationToken: Ct).ResponseAsync),
+            ["KeyBroker/ReleaseKey:secure key release"] = await Fails(() =>
+                new V1.KeyBroker.KeyBrokerClient(keyBroker.CreateChannel()).ReleaseKeyAsync(new(), cancellationToken: Ct).ResponseAsync),
+            ["Trainer/WatchRun:clean-room run"] = await Fails(async () =>
+            {
+                using var call = new V1.Trainer.TrainerClient(trainer.CreateChannel()).WatchRun(new(), cancellationToken: Ct);
+                await call.ResponseStream.MoveNext(Ct);
+            }),
+            ["ModelVault/Segment:segmentation"] = await Fails(() =>
+                new V1.ModelVault.ModelVaultClient(modelVault.CreateChannel()).SegmentAsync(new(), cancellationToken: Ct).ResponseAsync),
+        };
+
+        foreach (var (key, e) in failures)
+        {
+            var method = key[..key.IndexOf(':')];
+            var capability = key[(key.IndexOf(':') + 1)..];
+            Assert.Equal(StatusCode.Unimplemented, e.StatusCode);
+            Assert.Contains($"/mriseg.v1.{method} is not implemented yet", e.Status.Detail);
+            Assert.Contains(capability, e.Status.Detail);
+        }
+    }
+
+    [Fact]
+    public async Task Health_reports_unreachable_storage_and_liveness_stays_up()
+    {
+        using var host = new ServiceHost<MriSeg.KeyBroker.KeyBrokerService>();
+        using var http = host.CreateClient();
+
+        var health = await http.GetAsync("/health", Ct);
+        Assert.Equal(HttpStatusCode.ServiceUnavailable, health.StatusCode);
+        Assert.Equal("Unhealthy", await health.Content.ReadAsStringAsync(Ct));
+
+        var alive = await http.GetAsync("/alive", Ct);
+        Assert.Equal(HttpStatusCode.OK, alive.StatusCode);
+
+        var grpcHealth = await new Health.HealthClient(host.CreateChannel()).CheckAsync(new HealthCheckRequest(), cancellationToken: Ct);
+        Assert.Equal(HealthCheckResponse.Types.ServingStatus.NotServing, grpcHealth.Status);
+    }
+
+    [Fact]
+    public void A_service_without_storage_configuration_refuses_to_start_and_says_what_to_set()
+    {
+        using var host = new ServiceHost<MriSeg.Trainer.TrainerService>()
+            .WithWebHostBuilder(b => b.UseSetting("ConnectionStrings:blobs", ""));
+        var e = Assert.Throws<InvalidOperationException>(() => host.CreateClient());
+        Assert.Contains("ConnectionStrings:blobs is not set", e.Message);
+        Assert.Contains("ConnectionStrings__blobs", e.Message);
+    }
+
+    [Fact]
+    public void The_catalogs_development_ports_are_the_ports_each_service_configures()
+    {
+        var root = RepositoryRoot();
+        foreach (var service in ServiceCatalog.All)
+        {
+            var folder = Directory.GetDirectories(Path.Combine(root, "services"))
+                .Single(d => string.Equals(Path.GetFileName(d), service.Name, StringComparison.OrdinalIgnoreCase));
+            using var settings = JsonDocument.Parse(File.ReadAllText(Path.Combine(folder, "appsettings.json")));
+            var endpoints = settings.RootElement.GetProperty("Kestrel").GetProperty("Endpoints");
+            Assert.Equal(service.DevGrpcPort, new Uri(endpoints.GetProperty(ServiceCatalog.GrpcEndpoint).GetProperty("Url").GetString()!).Port);
+            Assert.Equal("Http2", endpoints.GetProperty(ServiceCatalog.GrpcEndpoint).GetProperty("Protocols").GetString());
+            Assert.Equal(service.DevHttpPort, new Uri(endpoints.GetProperty(ServiceCatalog.HttpEndpoint).GetProperty("Url").GetString()!).Port);
+            Assert.Equal("Http1", endpoints.GetProperty(ServiceCatalog.HttpEndpoint).GetProperty("Protocols").GetString());
+        }
+    }
+
+    private static string RepositoryRoot()
+    {
+        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
+        {
+            if (File.Exists(Path.Combine(dir.FullName, "MriSeg.sln")))
+            {
+                return dir.FullName;
+            }
+        }
+
+        throw new InvalidOperationException("MriSeg.sln not found above " + AppContext.BaseDirectory);
+    }
+}
