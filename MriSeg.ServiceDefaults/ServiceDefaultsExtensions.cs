@@ -1,5 +1,6 @@
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Diagnostics.HealthChecks;
+using Microsoft.AspNetCore.Http;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Diagnostics.HealthChecks;
 using Microsoft.Extensions.Hosting;
@@ -18,6 +19,8 @@ public static class ServiceDefaultsExtensions
 {
     /// <summary>Health checks tagged "live" answer /alive (the process runs); all checks answer /health.</summary>
     public const string LiveTag = "live";
+    /// <summary>Health checks of the dependencies a service needs to do its work (storage, libtorch).</summary>
+    public const string ReadyTag = "ready";
     public const string HealthPath = "/health";
     public const string AlivePath = "/alive";
 
@@ -79,8 +82,19 @@ public static class ServiceDefaultsExtensions
     /// <summary>Maps /health (every check, storage included) and /alive (liveness only).</summary>
     public static WebApplication MapDefaultEndpoints(this WebApplication app)
     {
-        app.MapHealthChecks(HealthPath);
+        app.MapHealthChecks(HealthPath, new HealthCheckOptions { ResponseWriter = WriteHealthReport });
         app.MapHealthChecks(AlivePath, new HealthCheckOptions { Predicate = r => r.Tags.Contains(LiveTag) });
         return app;
+    }
+
+    // A JSON report naming each check, so an operator sees which dependency is down and why.
+    private static Task WriteHealthReport(HttpContext context, HealthReport report)
+    {
+        context.Response.ContentType = "application/json";
+        return context.Response.WriteAsJsonAsync(new
+        {
+            status = report.Status.ToString(),
+            checks = report.Entries.Select(e => new { name = e.Key, status = e.Value.Status.ToString(), description = e.Value.Description }),
+        });
     }
 }

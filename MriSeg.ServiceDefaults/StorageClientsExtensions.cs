@@ -19,8 +19,6 @@ namespace MriSeg.ServiceDefaults;
 /// </summary>
 public static class StorageClientsExtensions
 {
-    public const string ReadyTag = "ready";
-
     /// <summary>A health probe must answer quickly, not wait out the SDK's retries.</summary>
     private static readonly TimeSpan ProbeTimeout = TimeSpan.FromSeconds(5);
 
@@ -33,8 +31,8 @@ public static class StorageClientsExtensions
         builder.Services.AddSingleton(_ => StorageConnection.CreateTableClient(tables));
 
         builder.Services.AddHealthChecks()
-            .AddCheck<BlobStorageHealthCheck>("blob-storage", failureStatus: null, tags: [ReadyTag], timeout: ProbeTimeout)
-            .AddCheck<TableStorageHealthCheck>("table-storage", failureStatus: null, tags: [ReadyTag], timeout: ProbeTimeout);
+            .AddCheck<BlobStorageHealthCheck>("blob-storage", failureStatus: null, tags: [ServiceDefaultsExtensions.ReadyTag], timeout: ProbeTimeout)
+            .AddCheck<TableStorageHealthCheck>("table-storage", failureStatus: null, tags: [ServiceDefaultsExtensions.ReadyTag], timeout: ProbeTimeout);
         return builder;
     }
 

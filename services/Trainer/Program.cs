@@ -5,6 +5,9 @@ var builder = WebApplication.CreateBuilder(args);
 builder.AddServiceDefaults();
 builder.AddStorageClients();
 builder.AddGrpcHosting();
+builder.Services.AddSingleton<TorchHealthCheck>();
+builder.Services.AddHostedService(services => services.GetRequiredService<TorchHealthCheck>());
+builder.Services.AddHealthChecks().AddCheck<TorchHealthCheck>("torch", tags: [ServiceDefaultsExtensions.ReadyTag]);
 
 var app = builder.Build();
 app.MapGrpcHosting<TrainerService>();

@@ -58,13 +58,30 @@ public sealed class ServiceHostingTests
 
         var health = await http.GetAsync("/health", Ct);
         Assert.Equal(HttpStatusCode.ServiceUnavailable, health.StatusCode);
-        Assert.Equal("Unhealthy", await health.Content.ReadAsStringAsync(Ct));
+        var report = JsonDocument.Parse(await health.Content.ReadAsStringAsync(Ct)).RootElement;
+        Assert.Equal("Unhealthy", report.GetProperty("status").GetString());
+        var blob = report.GetProperty("checks").EnumerateArray().Single(c => c.GetProperty("name").GetString() == "blob-storage");
+        Assert.Equal("Unhealthy", blob.GetProperty("status").GetString());
+        Assert.Contains($"127.0.0.1:{ServiceHost<MriSeg.KeyBroker.KeyBrokerService>.DeadPort}", blob.GetProperty("description").GetString());
 
         var alive = await http.GetAsync("/alive", Ct);
         Assert.Equal(HttpStatusCode.OK, alive.StatusCode);
 
         var grpcHealth = await new Health.HealthClient(host.CreateChannel()).CheckAsync(new HealthCheckRequest(), cancellationToken: Ct);
         Assert.Equal(HealthCheckResponse.Types.ServingStatus.NotServing, grpcHealth.Status);
+    }
+
+    [Fact]
+    public async Task The_trainer_loads_libtorch_at_start_and_reports_its_backend_in_health()
+    {
+        using var host = new ServiceHost<MriSeg.Trainer.TrainerService>();
+        using var http = host.CreateClient();
+        // Overall unhealthy here (no storage), but the torch entry stands on its own.
+        var response = await http.GetAsync("/health", Ct);
+        var report = JsonDocument.Parse(await response.Content.ReadAsStringAsync(Ct)).RootElement;
+        var torch = report.GetProperty("checks").EnumerateArray().Single(c => c.GetProperty("name").GetString() == "torch");
+        Assert.Equal("Healthy", torch.GetProperty("status").GetString());
+        Assert.StartsWith("cpu backend on cpu", torch.GetProperty("description").GetString());
     }
 
     [Fact]
