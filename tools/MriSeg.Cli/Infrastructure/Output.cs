@@ -1,0 +1,138 @@
+using System.Text.Json;
+using System.Text.Json.Serialization;
+using Spectre.Console;
+
+namespace MriSeg.Cli.Infrastructure;
+
+/// <summary>
+/// Where a command writes. The rule every command follows: its result goes through
+/// <see cref="WriteResult{T}"/> (JSON with --json, a Spectre rendering otherwise) and everything
+/// else (progress, warnings, errors) goes to stderr, so that <c>--json</c> output stays parseable.
+/// </summary>
+internal sealed class Output
+{
+    public static readonly JsonSerializerOptions JsonOptions = new()
+    {
+        WriteIndented = true,
+        PropertyNamingPolicy = JsonNamingPolicy.CamelCase,
+        Converters = { new JsonStringEnumConverter(JsonNamingPolicy.KebabCaseLower) },
+    };
+
+    // ANSI SGR colour codes for stderr lines.
+    private const string Red = "31", Yellow = "33", Grey = "90";
+
+    // Wide enough that a table piped to a file or grep keeps one row per line.
+    private const int RedirectedWidth = 200;
+
+    private readonly TextWriter stdout;
+    private readonly TextWriter stderr;
+    private readonly bool stderrIsTerminal;
+    private readonly Lazy<IAnsiConsole> human;
+    private readonly Lazy<IAnsiConsole> progress;
+
+    public Output(TextWriter stdout, TextWriter stderr, bool json, bool verbose, bool stdoutIsTerminal, bool stderrIsTerminal)
+    {
+        this.stdout = stdout;
+        this.stderr = stderr;
+        this.stderrIsTerminal = stderrIsTerminal;
+        Json = json;
+        IsVerbose = verbose;
+        human = new(() => CreateConsole(stdout, stdoutIsTerminal));
+        progress = new(() => CreateConsole(stderr, stderrIsTerminal));
+    }
+
+    public bool Json { get; }
+    public bool IsVerbose { get; }
+
+    /// <summary>Spectre console on stdout for human output; using it under --json is a bug.</summary>
+    public IAnsiConsole Console => Json
+        ? throw new InvalidOperationException("Human output was written under --json; route results through WriteResult.")
+        : human.Value;
+
+    /// <summary>The command's result: JSON under --json, else <paramref name="render"/> on the Spectre console.</summary>
+    public void WriteResult<T>(T result, Action<IAnsiConsole, T> render)
+    {
+        if (Json)
+        {
+            stdout.WriteLine(JsonSerializer.Serialize(result, JsonOptions));
+            stdout.Flush();
+        }
+        else
+        {
+            render(human.Value, result);
+        }
+    }
+
+    /// <summary>A progress or status line on stderr.</summary>
+    public void Progress(string message) => WriteErrorLine(message, null);
+
+    /// <summary>Only with --verbose.</summary>
+    public void Verbose(string message)
+    {
+        if (IsVerbose)
+        {
+            WriteErrorLine(message, Grey);
+        }
+    }
+
+    public void Warn(string message) => WriteErrorLine("warning: " + message, Yellow);
+
+    public void Error(string message) => WriteErrorLine("error: " + message, Red);
+
+    /// <summary>
+    /// Runs <paramref name="work"/> with a spinner on stderr when it is a terminal; otherwise the
+    /// status text goes to stderr as a line each time it changes.
+    /// </summary>
+    public async Task<T> StatusAsync<T>(string initial, Func<Action<string>, Task<T>> work)
+    {
+        if (stderrIsTerminal)
+        {
+            return await progress.Value.Status().StartAsync(Markup.Escape(initial), ctx => work(text => ctx.Status(Markup.Escape(text))));
+        }
+
+        string? last = null;
+        void Update(string text)
+        {
+            if (text != last)
+            {
+                last = text;
+                Progress(text);
+            }
+        }
+
+        Update(initial);
+        return await work(Update);
+    }
+
+    private void WriteErrorLine(string message, string? sgr)
+    {
+        // Plain writes, not Spectre: Spectre wraps at the console width and a reason must stay one line.
+        if (sgr is not null && stderrIsTerminal && string.IsNullOrEmpty(Environment.GetEnvironmentVariable("NO_COLOR")))
+        {
+            stderr.WriteLine($"\u001b[{sgr}m{message}\u001b[0m");
+        }
+        else
+        {
+            stderr.WriteLine(message);
+        }
+
+        stderr.Flush();
+    }
+
+    private static IAnsiConsole CreateConsole(TextWriter writer, bool terminal)
+    {
+        var console = AnsiConsole.Create(new AnsiConsoleSettings
+        {
+            Out = new AnsiConsoleOutput(writer),
+            Ansi = terminal ? AnsiSupport.Detect : AnsiSupport.No,
+            ColorSystem = terminal ? ColorSystemSupport.Detect : ColorSystemSupport.NoColors,
+            Interactive = terminal ? InteractionSupport.Detect : InteractionSupport.No,
+        });
+        if (!terminal)
+        {
+            console.Profile.Width = RedirectedWidth;
+        }
+
+        return console;
+    }
+}

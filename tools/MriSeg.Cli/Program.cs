@@ -1,0 +1,3 @@
+using MriSeg.Cli;
+
+return await Cli.RunAsync(args, Console.Out, Console.Error, CliEnvironment.Process);
