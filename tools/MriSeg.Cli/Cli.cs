@@ -42,6 +42,7 @@ internal static class Cli
 
         root.Subcommands.Add(ServicesCommand.Create(app));
         root.Subcommands.Add(EndpointsCommand.Create(app));
+        root.Subcommands.Add(DoctorCommand.Create(app));
         return root;
     }
 }
