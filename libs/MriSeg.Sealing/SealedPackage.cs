@@ -132,36 +132,50 @@ public static class SealedPackage
             FileOptions.Asynchronous | FileOptions.SequentialScan);
         await using (input.ConfigureAwait(false))
         {
-            var temp = SecureFile.TemporaryPathBeside(packagePath);
-            var done = false;
+            return await SealToFileAsync(input, packagePath, key, signer, options, overwrite, cancellationToken).ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>
+    /// Seals <paramref name="plaintext"/> (read to its end; e.g. a <see cref="MeteredStream"/> that reports
+    /// progress) into a package file, through a temporary file (mode 0600) beside it that is flushed to disk and
+    /// renamed at the end; nothing is left at <paramref name="packagePath"/> on failure.
+    /// </summary>
+    public static async Task<PackageInfo> SealToFileAsync(Stream plaintext, string packagePath, DataKey key, SigningKey signer,
+        SealOptions options, bool overwrite = false, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(plaintext);
+        ArgumentNullException.ThrowIfNull(packagePath);
+        SecureFile.CheckDestination(packagePath, overwrite);
+        var temp = SecureFile.TemporaryPathBeside(packagePath);
+        var done = false;
+        try
+        {
+            PackageInfo info;
+            var output = SecureFile.CreateNew(temp, asynchronous: true);
+            await using (output.ConfigureAwait(false))
+            {
+                info = await SealAsync(plaintext, output, key, signer, options, cancellationToken).ConfigureAwait(false);
+                output.Flush(flushToDisk: true);
+            }
+
             try
             {
-                PackageInfo info;
-                var output = SecureFile.CreateNew(temp, asynchronous: true);
-                await using (output.ConfigureAwait(false))
-                {
-                    info = await SealAsync(input, output, key, signer, options, cancellationToken).ConfigureAwait(false);
-                    output.Flush(flushToDisk: true);
-                }
-
-                try
-                {
-                    File.Move(temp, packagePath, overwrite);
-                }
-                catch (IOException e) when (!overwrite && File.Exists(packagePath))
-                {
-                    throw new SealedPackageException(SealingError.DestinationExists, $"destination exists: {packagePath}", innerException: e);
-                }
-
-                done = true;
-                return info;
+                File.Move(temp, packagePath, overwrite);
             }
-            finally
+            catch (IOException e) when (!overwrite && File.Exists(packagePath))
             {
-                if (!done)
-                {
-                    SecureFile.DeleteQuietly(temp);
-                }
+                throw new SealedPackageException(SealingError.DestinationExists, $"destination exists: {packagePath}", innerException: e);
+            }
+
+            done = true;
+            return info;
+        }
+        finally
+        {
+            if (!done)
+            {
+                SecureFile.DeleteQuietly(temp);
             }
         }
     }
@@ -233,6 +247,92 @@ public static class SealedPackage
         return new PackageInfo(header.ChunkSize, header.KeyIdHex, layout.Manifest, verified, layout.Length);
     }
 
+    /// <summary>
+    /// Checks a package without its data key, reading it once front to back (a non-seekable stream such as a
+    /// blob download works; memory stays bounded). It checks everything that does not need the key: the header,
+    /// the framing of every record (lengths, exactly one final record, last), the trailer, the end of the stream,
+    /// that the records hold as many bytes as the manifest says, and, with <see cref="SignerCheck.Expect"/>, the
+    /// signer and the signature (which authenticate the header and the manifest). It cannot check the chunks'
+    /// ciphertexts and tags, nor the plaintext's SHA-256: that needs the key (<see cref="OpenToMemoryAsync"/>).
+    /// To bind the ciphertext too, compare a digest of the bytes read (e.g. <see cref="MeteredStream"/>) with one
+    /// recorded when sealing. Throws <see cref="SealedPackageException"/> on the first failed check.
+    /// </summary>
+    public static async Task<PackageInfo> VerifyWithoutKeyAsync(Stream package, SignerCheck signerCheck, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(package);
+        ArgumentNullException.ThrowIfNull(signerCheck);
+        if (!package.CanRead)
+        {
+            throw new SealedPackageException(SealingError.InvalidArgument, "verify needs a readable package stream");
+        }
+
+        var headerBytes = new byte[PackageFormat.HeaderLength];
+        if (await ReadFullAsync(package, headerBytes, cancellationToken).ConfigureAwait(false) < headerBytes.Length)
+        {
+            throw new SealedPackageException(SealingError.Truncated, "truncated: header incomplete");
+        }
+
+        var header = PackageHeader.Parse(headerBytes);
+        var chunkSize = header.ChunkSize;
+        var scratch = new byte[Math.Min(chunkSize + PackageFormat.TagLength, 1 << 20)];
+        var word = new byte[PackageFormat.RecordPrefixLength];
+        long counter = 0;
+        long total = 0;
+        long packageLength = PackageFormat.HeaderLength;
+        while (true)
+        {
+            cancellationToken.ThrowIfCancellationRequested();
+            var got = await ReadFullAsync(package, word, cancellationToken).ConfigureAwait(false);
+            if (got == 0)
+            {
+                throw new SealedPackageException(SealingError.Truncated, $"truncated: no final chunk (the package ends after {counter} chunk(s))", counter);
+            }
+
+            if (got < word.Length)
+            {
+                throw new SealedPackageException(SealingError.Truncated, $"truncated: chunk {counter} is incomplete", counter);
+            }
+
+            var value = BinaryPrimitives.ReadUInt32BigEndian(word);
+            var final = (value & 0x8000_0000u) != 0;
+            var length = value & 0x7FFF_FFFFu;
+            CheckRecordFraming(counter, final, length, chunkSize);
+
+            // The ciphertext and tag cannot be checked without the key: read past them.
+            var remaining = (long)length + PackageFormat.TagLength;
+            while (remaining > 0)
+            {
+                var want = (int)Math.Min(remaining, scratch.Length);
+                got = await ReadFullAsync(package, scratch.AsMemory(0, want), cancellationToken).ConfigureAwait(false);
+                if (got < want)
+                {
+                    throw new SealedPackageException(SealingError.Truncated, $"truncated: chunk {counter} is incomplete", counter);
+                }
+
+                remaining -= want;
+            }
+
+            packageLength += PackageFormat.RecordOverhead + length;
+            total += length;
+            counter++;
+            if (!final)
+            {
+                continue;
+            }
+
+            var trailer = await ReadTrailerAsync(package, cancellationToken).ConfigureAwait(false);
+            packageLength += trailer.Length;
+            if (trailer.Manifest.PlaintextLength != total)
+            {
+                throw new SealedPackageException(SealingError.ManifestInvalid,
+                    $"manifest: plaintext length {trailer.Manifest.PlaintextLength} does not match the {total} bytes the chunks hold");
+            }
+
+            var verified = CheckSignature(signerCheck, header, trailer.Manifest, trailer.ManifestDigest, trailer.Signature);
+            return new PackageInfo(chunkSize, header.KeyIdHex, trailer.Manifest, verified, packageLength);
+        }
+    }
+
     /// <summary>Inspects a package file (see <see cref="Inspect(Stream, SignerCheck)"/>).</summary>
     public static PackageInfo Inspect(string packagePath, SignerCheck signerCheck)
     {
@@ -297,25 +397,7 @@ public static class SealedPackage
             var word = BinaryPrimitives.ReadUInt32BigEndian(record);
             var final = (word & 0x8000_0000u) != 0;
             var length = word & 0x7FFF_FFFFu;
-            if (length > chunkSize)
-            {
-                throw new SealedPackageException(SealingError.Malformed, $"chunk {counter}: length {length} exceeds the chunk size {chunkSize}", counter);
-            }
-
-            if (!final && length != chunkSize)
-            {
-                throw new SealedPackageException(SealingError.Malformed, $"chunk {counter}: a non-final chunk of {length} bytes (must be {chunkSize})", counter);
-            }
-
-            if (final && length == 0 && counter != 0)
-            {
-                throw new SealedPackageException(SealingError.Malformed, $"chunk {counter}: an empty final chunk after data", counter);
-            }
-
-            if (counter >= PackageFormat.MaxChunkCount)
-            {
-                throw new SealedPackageException(SealingError.Malformed, $"chunk {counter}: more than {PackageFormat.MaxChunkCount} chunks", counter);
-            }
+            CheckRecordFraming(counter, final, length, chunkSize);
 
             var body = (int)length + PackageFormat.TagLength;
             got = await ReadFullAsync(input, record.AsMemory(PackageFormat.RecordPrefixLength, body), cancellationToken).ConfigureAwait(false);
@@ -372,6 +454,30 @@ public static class SealedPackage
 
                 return new PackageInfo(chunkSize, header.KeyIdHex, manifest, verified, packageLength);
             }
+        }
+    }
+
+    /// <summary>The rules of a record word that need no key (docs/sealed-package-format.md §4).</summary>
+    private static void CheckRecordFraming(long counter, bool final, uint length, int chunkSize)
+    {
+        if (length > chunkSize)
+        {
+            throw new SealedPackageException(SealingError.Malformed, $"chunk {counter}: length {length} exceeds the chunk size {chunkSize}", counter);
+        }
+
+        if (!final && length != chunkSize)
+        {
+            throw new SealedPackageException(SealingError.Malformed, $"chunk {counter}: a non-final chunk of {length} bytes (must be {chunkSize})", counter);
+        }
+
+        if (final && length == 0 && counter != 0)
+        {
+            throw new SealedPackageException(SealingError.Malformed, $"chunk {counter}: an empty final chunk after data", counter);
+        }
+
+        if (counter >= PackageFormat.MaxChunkCount)
+        {
+            throw new SealedPackageException(SealingError.Malformed, $"chunk {counter}: more than {PackageFormat.MaxChunkCount} chunks", counter);
         }
     }
 

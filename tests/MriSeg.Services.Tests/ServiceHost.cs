@@ -8,17 +8,32 @@ namespace MriSeg.Services.Tests;
 
 /// <summary>
 /// A service in-process on the test server, with storage connection strings that point at a port
-/// where nothing listens (these tests need no storage, and some check what happens without it).
+/// where nothing listens (most tests need no storage, and some check what happens without it), unless
+/// settings say otherwise.
 /// </summary>
 public sealed class ServiceHost<TService> : WebApplicationFactory<TService> where TService : class
 {
     public static readonly int DeadPort = FindClosedPort();
+
+    private readonly IReadOnlyDictionary<string, string> settings;
+
+    public ServiceHost()
+        : this(new Dictionary<string, string>())
+    {
+    }
+
+    /// <param name="settings">Configuration applied after the defaults (e.g. real storage connection strings).</param>
+    public ServiceHost(IReadOnlyDictionary<string, string> settings) => this.settings = settings;
 
     protected override void ConfigureWebHost(IWebHostBuilder builder)
     {
         builder.UseEnvironment("Testing");
         builder.UseSetting("ConnectionStrings:blobs", AzuriteStyle("BlobEndpoint"));
         builder.UseSetting("ConnectionStrings:tables", AzuriteStyle("TableEndpoint"));
+        foreach (var (key, value) in settings)
+        {
+            builder.UseSetting(key, value);
+        }
     }
 
     public GrpcChannel CreateChannel() =>

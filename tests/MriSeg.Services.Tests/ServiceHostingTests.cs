@@ -27,8 +27,8 @@ public sealed class ServiceHostingTests
         {
             ["Preprocess/InspectSource:NIfTI"] = await Fails(() =>
                 new V1.Preprocess.PreprocessClient(preprocess.CreateChannel()).InspectSourceAsync(new(), cancellationToken: Ct).ResponseAsync),
-            ["Packaging/Verify:sealed packages"] = await Fails(() =>
-                new V1.Packaging.PackagingClient(packaging.CreateChannel()).VerifyAsync(new(), cancellationToken: Ct).ResponseAsync),
+            ["Packaging/HandOffKey:the KeyBroker's key import"] = await Fails(() =>
+                new V1.Packaging.PackagingClient(packaging.CreateChannel()).HandOffKeyAsync(new(), cancellationToken: Ct).ResponseAsync),
             ["KeyBroker/ReleaseKey:secure key release"] = await Fails(() =>
                 new V1.KeyBroker.KeyBrokerClient(keyBroker.CreateChannel()).ReleaseKeyAsync(new(), cancellationToken: Ct).ResponseAsync),
             ["Trainer/WatchRun:clean-room run"] = await Fails(async () =>

@@ -43,6 +43,12 @@ internal static class Cli
         root.Subcommands.Add(ServicesCommand.Create(app));
         root.Subcommands.Add(EndpointsCommand.Create(app));
         root.Subcommands.Add(DoctorCommand.Create(app));
+        root.Subcommands.Add(AccountantCommand.Create(app));
+        root.Subcommands.Add(KeygenCommand.Create(app));
+        root.Subcommands.Add(SealCommand.Create(app));
+        root.Subcommands.Add(OpenCommand.Create(app));
+        root.Subcommands.Add(InspectCommand.Create(app));
+        root.Subcommands.Add(BenchCommand.Create(app));
         return root;
     }
 }

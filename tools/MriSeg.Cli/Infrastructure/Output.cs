@@ -1,3 +1,5 @@
+using System.Diagnostics;
+using System.Globalization;
 using System.Text.Json;
 using System.Text.Json.Serialization;
 using Spectre.Console;
@@ -50,11 +52,17 @@ internal sealed class Output
         : human.Value;
 
     /// <summary>The command's result: JSON under --json, else <paramref name="render"/> on the Spectre console.</summary>
-    public void WriteResult<T>(T result, Action<IAnsiConsole, T> render)
+    public void WriteResult<T>(T result, Action<IAnsiConsole, T> render) => WriteResult(result, render, JsonOptions);
+
+    /// <summary>
+    /// As <see cref="WriteResult{T}(T, Action{IAnsiConsole, T})"/>, with the command's own JSON shape (e.g. one
+    /// line of snake_case keys for a benchmark that scripts read with <c>tail -1</c>).
+    /// </summary>
+    public void WriteResult<T>(T result, Action<IAnsiConsole, T> render, JsonSerializerOptions jsonOptions)
     {
         if (Json)
         {
-            stdout.WriteLine(JsonSerializer.Serialize(result, JsonOptions));
+            stdout.WriteLine(JsonSerializer.Serialize(result, jsonOptions));
             stdout.Flush();
         }
         else
@@ -102,6 +110,62 @@ internal sealed class Output
 
         Update(initial);
         return await work(Update);
+    }
+
+    /// <summary>
+    /// Runs <paramref name="work"/>, which reports how many of <paramref name="total"/> bytes it has done, with a
+    /// progress bar on stderr when it is a terminal. Otherwise only long work shows: a plain line on stderr
+    /// after 2 s and then every 5 s (short work, and a failure, stay one line).
+    /// </summary>
+    public async Task<T> ProgressAsync<T>(string description, long total, Func<Action<long>, Task<T>> work)
+    {
+        if (stderrIsTerminal)
+        {
+            return await progress.Value.Progress()
+                .AutoClear(true)
+                .HideCompleted(true)
+                .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new TransferSpeedColumn(), new RemainingTimeColumn())
+                .StartAsync(async context =>
+                {
+                    var task = context.AddTask(Markup.Escape(description), maxValue: Math.Max(1, total));
+                    var result = await work(done => task.Value = Math.Min(done, task.MaxValue));
+                    task.Value = task.MaxValue;
+                    return result;
+                });
+        }
+
+        var watch = Stopwatch.StartNew();
+        var next = TimeSpan.FromSeconds(2);
+        void Report(long done)
+        {
+            if (watch.Elapsed < next)
+            {
+                return;
+            }
+
+            next = watch.Elapsed + TimeSpan.FromSeconds(5);
+            var percent = total > 0 ? (100.0 * done / total).ToString("0", CultureInfo.InvariantCulture) + " %" : "?";
+            Progress($"{description}: {percent} ({Bytes(done)} of {Bytes(total)})");
+        }
+
+        return await work(Report);
+    }
+
+    /// <summary>A byte count for people: "512 B", "3.2 MiB".</summary>
+    public static string Bytes(long bytes)
+    {
+        string[] units = ["B", "KiB", "MiB", "GiB", "TiB"];
+        double value = bytes;
+        var unit = 0;
+        while (value >= 1024 && unit < units.Length - 1)
+        {
+            value /= 1024;
+            unit++;
+        }
+
+        return unit == 0
+            ? $"{bytes} B"
+            : value.ToString(value >= 100 ? "0" : "0.0", CultureInfo.InvariantCulture) + " " + units[unit];
     }
 
     private void WriteErrorLine(string message, string? sgr)

@@ -1,0 +1,67 @@
+namespace MriSeg.Packaging;
+
+/// <summary>
+/// The Packaging service's settings (section <c>Packaging</c>), with their environment-dependent defaults
+/// resolved once at start.
+/// </summary>
+public sealed class PackagingSettings
+{
+    public const string Section = "Packaging";
+
+    /// <summary>
+    /// <c>Packaging:AllowLocalPaths</c>: whether Seal may read a path on the service's machine (default: in
+    /// Development only). A development convenience: a caller can then seal any file the service can read
+    /// (except the key folder's), so leave it off where callers are not the machine's owner.
+    /// </summary>
+    public bool AllowLocalPaths { get; init; }
+
+    /// <summary>
+    /// <c>Packaging:KeysDirectory</c>: the folder of the owners' signing keys, <c>&lt;owner&gt;.key</c> (PKCS#8 PEM,
+    /// mode 0600) and <c>&lt;owner&gt;.pub</c>, as <c>mriseg keygen --out &lt;folder&gt;/&lt;owner&gt;</c> writes them.
+    /// Default in Development: <c>.mriseg/keys</c> in the repository above the content root, else
+    /// <c>MriSeg/keys</c> in the user's local application data. Required otherwise (null until set: Seal then
+    /// answers FAILED_PRECONDITION; Verify does not need it).
+    /// </summary>
+    public string? KeysDirectory { get; init; }
+
+    /// <summary>
+    /// <c>Packaging:CreateOwnerKeys</c>: whether a missing owner key is generated on first use, with a log line
+    /// (default: in Development only). Otherwise keys must be provisioned.
+    /// </summary>
+    public bool CreateOwnerKeys { get; init; }
+
+    /// <summary>
+    /// <c>Packaging:ProgressIntervalMs</c>: the least time between two progress messages of a Seal (default 250 ms;
+    /// 0 sends one per chunk read).
+    /// </summary>
+    public TimeSpan ProgressInterval { get; init; } = TimeSpan.FromMilliseconds(250);
+
+    public static PackagingSettings From(IConfiguration configuration, IHostEnvironment environment)
+    {
+        var section = configuration.GetSection(Section);
+        var development = environment.IsDevelopment();
+        var keys = section["KeysDirectory"];
+        return new PackagingSettings
+        {
+            AllowLocalPaths = section.GetValue("AllowLocalPaths", development),
+            CreateOwnerKeys = section.GetValue("CreateOwnerKeys", development),
+            ProgressInterval = TimeSpan.FromMilliseconds(Math.Max(0, section.GetValue("ProgressIntervalMs", 250))),
+            KeysDirectory = !string.IsNullOrWhiteSpace(keys)
+                ? Path.GetFullPath(keys, environment.ContentRootPath)
+                : development ? DefaultDevelopmentKeysDirectory(environment.ContentRootPath) : null,
+        };
+    }
+
+    private static string DefaultDevelopmentKeysDirectory(string contentRoot)
+    {
+        for (var dir = new DirectoryInfo(contentRoot); dir is not null; dir = dir.Parent)
+        {
+            if (File.Exists(Path.Combine(dir.FullName, "MriSeg.sln")))
+            {
+                return Path.Combine(dir.FullName, ".mriseg", "keys");
+            }
+        }
+
+        return Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.LocalApplicationData, Environment.SpecialFolderOption.Create), "MriSeg", "keys");
+    }
+}

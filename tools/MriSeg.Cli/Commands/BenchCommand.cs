@@ -1,0 +1,144 @@
+using System.CommandLine;
+using System.Globalization;
+using System.Text.Json;
+using MriSeg.Cli.Infrastructure;
+using MriSeg.Sealing;
+using Spectre.Console;
+
+namespace MriSeg.Cli.Commands;
+
+/// <summary>
+/// <c>mriseg bench</c>: micro-benchmarks, one subcommand each (<c>seal</c> now; <c>dp</c> and
+/// <c>preprocess</c> join the group later). Under --json each prints one line of snake_case JSON, so a
+/// script can read the last line of the output.
+/// </summary>
+internal static class BenchCommand
+{
+    /// <summary>Benchmarks print one compact line with snake_case keys.</summary>
+    internal static readonly JsonSerializerOptions JsonLine = new()
+    {
+        WriteIndented = false,
+        PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower,
+    };
+
+    public static Command Create(CliApp app)
+    {
+        var command = new Command("bench", "Measure throughput of the building blocks on this machine.");
+        command.Subcommands.Add(CreateSeal(app));
+        return command;
+    }
+
+    private static Command CreateSeal(CliApp app)
+    {
+        var size = new Option<double>("--size")
+        {
+            Description = "Plaintext size in MiB (in memory; about four times this much memory is used).",
+            HelpName = "MiB",
+            DefaultValueFactory = _ => 256,
+        };
+        var chunkSize = new Option<int>("--chunk-size")
+        {
+            Description = "Chunk size of the sealed packages, in bytes.",
+            HelpName = "BYTES",
+            DefaultValueFactory = _ => PackageFormat.DefaultChunkSize,
+        };
+        var iterations = new Option<int>("--iterations")
+        {
+            Description = "Timed runs of each measurement; the best is reported.",
+            HelpName = "N",
+            DefaultValueFactory = _ => 5,
+        };
+
+        var command = new Command("seal", "Sealing and opening throughput against raw AES-256-GCM (and the SHA-256 ceiling).");
+        command.Options.Add(size);
+        command.Options.Add(chunkSize);
+        command.Options.Add(iterations);
+        app.SetAction(command, async (context, _) =>
+        {
+            var mib = context.GetValue(size);
+            var bytes = (long)Math.Round(mib * 1024 * 1024);
+            if (!double.IsFinite(mib) || bytes < 1 || bytes > SealingBenchmark.MaxSizeBytes)
+            {
+                throw new CliException($"--size {mib.ToString(CultureInfo.InvariantCulture)}: must be more than 0 and at most {SealingBenchmark.MaxSizeBytes >> 20} MiB");
+            }
+
+            var chunk = context.GetValue(chunkSize);
+            if (chunk < PackageFormat.MinChunkSize || chunk > PackageFormat.MaxChunkSize)
+            {
+                throw new CliException($"--chunk-size {chunk}: must be between {PackageFormat.MinChunkSize} and {PackageFormat.MaxChunkSize} bytes");
+            }
+
+            var n = context.GetValue(iterations);
+            if (n < 1)
+            {
+                throw new CliException($"--iterations {n}: must be at least 1");
+            }
+
+            SealingBenchmarkResult result;
+            try
+            {
+                result = await context.Output.StatusAsync(
+                    $"benchmarking seal/open: {Output.Bytes(bytes)}, chunks of {Output.Bytes(chunk)}, best of {n}",
+                    _ => Task.Run(() => SealingBenchmark.Run(bytes, chunk, n)));
+            }
+            catch (SealedPackageException e)
+            {
+                throw new CliException(e.Message, e);
+            }
+
+            context.Output.WriteResult(SealBenchResult.From(result), Render, JsonLine);
+            return ExitCodes.Success;
+        });
+        return command;
+    }
+
+    /// <summary>The <c>bench seal</c> result; throughputs in bytes of plaintext per second.</summary>
+    internal sealed record SealBenchResult(
+        long SizeBytes,
+        int ChunkSize,
+        int Iterations,
+        int Processors,
+        bool PipelinedHashing,
+        double RawAesGcmBytesPerSecond,
+        double RawSha256BytesPerSecond,
+        double SealBytesPerSecond,
+        double OpenBytesPerSecond,
+        double SealRatio,
+        double OpenRatio,
+        double Sha256CeilingRatio,
+        double TargetRatio,
+        bool MeetsTarget)
+    {
+        public static SealBenchResult From(SealingBenchmarkResult r) => new(
+            r.SizeBytes, r.ChunkSize, r.Iterations, r.ProcessorCount, r.PipelinedHashing,
+            r.RawAesGcmBytesPerSecond, r.RawSha256BytesPerSecond, r.SealBytesPerSecond, r.OpenBytesPerSecond,
+            Math.Round(r.SealRatio, 4), Math.Round(r.OpenRatio, 4), Math.Round(r.Sha256CeilingRatio, 4),
+            SealingBenchmarkResult.TargetRatio, r.MeetsTarget);
+    }
+
+    private static void Render(IAnsiConsole console, SealBenchResult r)
+    {
+        var table = new Table().Border(TableBorder.Rounded)
+            .AddColumn("measure").AddColumn(new TableColumn("throughput").RightAligned()).AddColumn(new TableColumn("× raw AES-GCM").RightAligned());
+        table.AddRow("raw AES-256-GCM (one call)", Rate(r.RawAesGcmBytesPerSecond), "1.00");
+        table.AddRow("raw SHA-256 (the ceiling)", Rate(r.RawSha256BytesPerSecond), Ratio(r.Sha256CeilingRatio));
+        table.AddRow("seal", Rate(r.SealBytesPerSecond), Ratio(r.SealRatio));
+        table.AddRow("open (signature checked)", Rate(r.OpenBytesPerSecond), Ratio(r.OpenRatio));
+        console.Write(table);
+        console.MarkupLine(Markup.Escape(
+            $"{Output.Bytes(r.SizeBytes)} in memory, chunks of {Output.Bytes(r.ChunkSize)}, best of {r.Iterations}, {r.Processors} processor(s), hashing {(r.PipelinedHashing ? "pipelined" : "inline")}."));
+        console.MarkupLine(r.MeetsTarget
+            ? $"[green]target {Ratio(r.TargetRatio)}× met[/]"
+            : $"[yellow]target {Ratio(r.TargetRatio)}× not met[/]" + Markup.Escape(
+                r.Sha256CeilingRatio < r.TargetRatio
+                    ? $": the plaintext SHA-256 the format requires caps sealing and opening at {Ratio(r.Sha256CeilingRatio)}× on this machine."
+                    : "."));
+    }
+
+    private static string Ratio(double value) => value.ToString("0.00", CultureInfo.InvariantCulture);
+
+    private static string Rate(double bytesPerSecond) =>
+        bytesPerSecond >= 1e9
+            ? (bytesPerSecond / 1e9).ToString("0.00", CultureInfo.InvariantCulture) + " GB/s"
+            : (bytesPerSecond / 1e6).ToString("0", CultureInfo.InvariantCulture) + " MB/s";
+}
