@@ -212,7 +212,8 @@ public sealed class SealingCommandTests : IDisposable
         BitConverter.GetBytes(348).CopyTo(nifti, 0);
         "n+1\0"u8.CopyTo(nifti.AsSpan(344));
         File.WriteAllBytes(P("brain.nii"), nifti);
-        Assert.Contains("looks like a NIfTI-1 image, not a sealed package", OneLineFailure(await CliRun.RunAsync("inspect", P("brain.nii"))));
+        // Recognised as NIfTI by its magic and handed to the NIfTI reader, whose complaint names the file.
+        Assert.Contains("brain.nii: dim[", OneLineFailure(await CliRun.RunAsync("inspect", P("brain.nii"))));
     }
 
     [Fact]

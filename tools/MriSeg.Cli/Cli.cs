@@ -44,6 +44,7 @@ internal static class Cli
         root.Subcommands.Add(EndpointsCommand.Create(app));
         root.Subcommands.Add(DoctorCommand.Create(app));
         root.Subcommands.Add(AccountantCommand.Create(app));
+        root.Subcommands.Add(PhantomsCommand.Create(app));
         root.Subcommands.Add(KeygenCommand.Create(app));
         root.Subcommands.Add(SealCommand.Create(app));
         root.Subcommands.Add(OpenCommand.Create(app));

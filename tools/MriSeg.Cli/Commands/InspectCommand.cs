@@ -1,6 +1,8 @@
 using System.CommandLine;
 using MriSeg.Cli.Infrastructure;
 using MriSeg.Cli.Sealing;
+using MriSeg.Imaging;
+using MriSeg.Imaging.Nifti;
 using MriSeg.Sealing;
 using Spectre.Console;
 
@@ -8,9 +10,8 @@ namespace MriSeg.Cli.Commands;
 
 /// <summary>
 /// <c>mriseg inspect FILE</c>: what a file is and what it holds, without any key. The file's first bytes
-/// choose the reader (<see cref="Kinds"/>): sealed packages now; NIfTI images and dataset shards get a
-/// reader here when their libraries land (their magic is already recognised, so the error says what the
-/// file is).
+/// choose the reader (<see cref="Kinds"/>): sealed packages and NIfTI images (plain or gzipped); dataset
+/// shards get a reader here when they land.
 /// </summary>
 internal static class InspectCommand
 {
@@ -25,9 +26,9 @@ internal static class InspectCommand
     private static readonly FileKind[] Kinds =
     [
         new("a sealed package", b => b.AsSpan().StartsWith(PackageFormat.HeaderMagic), InspectPackageAsync),
-        new("a NIfTI-1 image", b => b.Length >= 348 && b.AsSpan(344, 4).SequenceEqual("n+1\0"u8), null),
-        new("a NIfTI-2 image", b => b.Length >= 12 && b.AsSpan(4, 4).SequenceEqual("n+2\0"u8), null),
-        new("a gzip file (a compressed NIfTI image?)", b => b.Length >= 2 && b[0] == 0x1F && b[1] == 0x8B, null),
+        new("a NIfTI-1 image", b => b.Length >= 348 && b.AsSpan(344, 4).SequenceEqual("n+1\0"u8), InspectNifti),
+        new("a NIfTI-2 image", b => b.Length >= 12 && b.AsSpan(4, 4).SequenceEqual("n+2\0"u8), InspectNifti),
+        new("a gzip file (a compressed NIfTI image?)", b => NiftiReader.IsGzip(b), InspectNifti),
     ];
 
     public static Command Create(CliApp app)
@@ -55,7 +56,7 @@ internal static class InspectCommand
 
             if (kind.Inspect is null)
             {
-                throw new CliException($"{path} looks like {kind.Name}, not a sealed package: inspect reads only sealed packages so far");
+                throw new CliException($"{path} looks like {kind.Name}, which inspect cannot read yet");
             }
 
             return kind.Inspect(context, full, context.GetValue(signerPub));
@@ -100,4 +101,72 @@ internal static class InspectCommand
     }
 
     internal sealed record InspectResult(string Kind, string File, PackageView Package);
+
+    // Reads the whole volume, so every check of the reader (truncation, NaN, voxel limit) runs too.
+    private static Task<int> InspectNifti(CommandContext context, string full, string? signerPath)
+    {
+        if (signerPath is not null)
+        {
+            throw new CliException("--signer-pub applies to sealed packages only");
+        }
+
+        Volume volume;
+        try
+        {
+            volume = NiftiReader.Read(full);
+        }
+        catch (NiftiFormatException e)
+        {
+            throw new CliException(e.Message, e);
+        }
+
+        context.Output.WriteResult(NiftiView.From(full, volume), (console, r) =>
+        {
+            var grid = new Grid().AddColumn().AddColumn();
+            void Row(string name, string value) => grid.AddRow(name, Markup.Escape(value));
+            Row("file", r.File);
+            Row("format", $"NIfTI-{r.NiftiVersion}, {r.Datatype}");
+            Row("stored", $"{r.StorageSize} in {r.StorageOrientation} order ({r.AffineSource})");
+            Row("canonical", $"{r.Size} RAS+, spacing {r.Spacing} mm");
+            Row("values", $"min {r.Min:G6}, max {r.Max:G6}, {r.NonZeroVoxels} non-zero voxels");
+            if (r.Labels is { } labels)
+            {
+                Row("labels", string.Join(", ", labels.Select(l => $"{l.Key}: {l.Value}")));
+            }
+
+            console.Write(grid);
+        });
+        return Task.FromResult(ExitCodes.Success);
+    }
+
+    internal sealed record NiftiView(
+        string Kind, string File, int NiftiVersion, string Datatype, string StorageSize, string StorageOrientation, string AffineSource,
+        string Size, string Spacing, float Min, float Max, long NonZeroVoxels, SortedDictionary<int, long>? Labels)
+    {
+        // At most this many distinct integer values make a label map worth listing (BraTS uses 4).
+        private const int MaxLabels = 16;
+
+        public static NiftiView From(string file, Volume v)
+        {
+            var (min, max, nonZero) = (float.PositiveInfinity, float.NegativeInfinity, 0L);
+            var labels = new SortedDictionary<int, long>();
+            foreach (var x in v.Data)
+            {
+                (min, max) = (Math.Min(min, x), Math.Max(max, x));
+                nonZero += x != 0 ? 1 : 0;
+                if (labels is not null && x == MathF.Round(x) && (labels.ContainsKey((int)x) || labels.Count < MaxLabels))
+                {
+                    labels[(int)x] = labels.GetValueOrDefault((int)x) + 1;
+                }
+                else
+                {
+                    labels = null;
+                }
+            }
+
+            return new NiftiView("nifti", file, v.Header?.Version ?? 1, v.SourceDatatype.ToString(), v.StorageSize.ToString(),
+                v.StorageOrientation.StorageCodes, v.AffineSource.ToString(), v.Size.ToString(),
+                FormattableString.Invariant($"{v.Spacing.X:G4}x{v.Spacing.Y:G4}x{v.Spacing.Z:G4}"), min, max, nonZero, labels);
+        }
+    }
 }
