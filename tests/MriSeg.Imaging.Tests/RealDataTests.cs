@@ -1,3 +1,4 @@
+using MriSeg.Testing;
 using System.IO.Compression;
 using MriSeg.Imaging.Nifti;
 using MriSeg.Imaging.Slices;

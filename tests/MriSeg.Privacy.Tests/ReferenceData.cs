@@ -1,3 +1,4 @@
+using MriSeg.Testing;
 using System.Text.Json;
 
 namespace MriSeg.Privacy.Tests;
@@ -17,7 +18,6 @@ internal sealed record ReferenceCalibration(string Accountant, double TargetEpsi
 /// </summary>
 internal static class ReferenceData
 {
-    public const string EnvironmentVariable = "MRISEG_REAL_DATA";
     public const string RelativePath = "accountant/opacus-1.5.4-reference.json";
 
     private static readonly Lazy<(IReadOnlyList<ReferenceVector> Table, IReadOnlyList<ReferenceCalibration> Calibrations)?> Loaded =
@@ -27,29 +27,18 @@ internal static class ReferenceData
 
     public static IReadOnlyList<ReferenceCalibration> CalibrationsOrSkip() => LoadOrSkip().Calibrations;
 
-    /// <summary>The reference file, or null with the places looked at.</summary>
+    /// <summary>The reference file, or null with where it was looked for.</summary>
     public static string? FindFile(out string searched)
     {
-        var candidates = new List<string>();
-        string? env = Environment.GetEnvironmentVariable(EnvironmentVariable);
-        if (!string.IsNullOrWhiteSpace(env))
+        var (root, reason) = RealData.Locate();
+        if (root is null)
         {
-            candidates.Add(Path.Combine(env, RelativePath));
+            searched = reason;
+            return null;
         }
 
-        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
-        {
-            if (File.Exists(Path.Combine(dir.FullName, "MriSeg.sln")))
-            {
-                candidates.Add(Path.GetFullPath(Path.Combine(dir.FullName, "..", "shared", "data", RelativePath)));
-                break;
-            }
-        }
-
-        searched = candidates.Count == 0
-            ? $"no MriSeg.sln above {AppContext.BaseDirectory} and {EnvironmentVariable} unset"
-            : string.Join(", ", candidates);
-        return candidates.FirstOrDefault(File.Exists);
+        searched = Path.Combine(root, RelativePath);
+        return File.Exists(searched) ? searched : null;
     }
 
     private static (IReadOnlyList<ReferenceVector> Table, IReadOnlyList<ReferenceCalibration> Calibrations) LoadOrSkip()
@@ -58,7 +47,7 @@ internal static class ReferenceData
         if (loaded is null)
         {
             FindFile(out string searched);
-            Assert.Skip($"Opacus reference vectors not found (looked at: {searched}); set {EnvironmentVariable} to the data folder.");
+            Assert.Skip($"Opacus reference vectors not found (looked at: {searched}); set {RealData.EnvironmentVariable} to the data folder.");
         }
 
         return loaded.Value;

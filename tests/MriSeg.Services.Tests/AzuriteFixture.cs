@@ -1,3 +1,4 @@
+using MriSeg.Testing;
 using System.ComponentModel;
 using System.Diagnostics;
 using System.Net;
@@ -39,7 +40,7 @@ public sealed class AzuriteFixture : IAsyncLifetime
 
     public async ValueTask InitializeAsync()
     {
-        var bin = Path.Combine(RepositoryRoot(), "MriSeg.AppHost", "azurite", "node_modules", ".bin");
+        var bin = Path.Combine(RepositoryLayout.Root, "MriSeg.AppHost", "azurite", "node_modules", ".bin");
         if (!NodeRuns())
         {
             SkipReason = "Node.js is not on PATH: the storage tests run Azurite from npm (install Node.js 20+ and build MriSeg.AppHost).";
@@ -178,18 +179,5 @@ public sealed class AzuriteFixture : IAsyncLifetime
         {
             return false;
         }
-    }
-
-    internal static string RepositoryRoot()
-    {
-        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
-        {
-            if (File.Exists(Path.Combine(dir.FullName, "MriSeg.sln")))
-            {
-                return dir.FullName;
-            }
-        }
-
-        throw new InvalidOperationException("MriSeg.sln not found above " + AppContext.BaseDirectory);
     }
 }

@@ -1,3 +1,4 @@
+using MriSeg.Testing;
 using System.Net;
 using System.Text.Json;
 using Grpc.Core;
@@ -97,7 +98,7 @@ public sealed class ServiceHostingTests
     [Fact]
     public void The_catalogs_development_ports_are_the_ports_each_service_configures()
     {
-        var root = RepositoryRoot();
+        var root = RepositoryLayout.Root;
         foreach (var service in ServiceCatalog.All)
         {
             var folder = Directory.GetDirectories(Path.Combine(root, "services"))
@@ -109,18 +110,5 @@ public sealed class ServiceHostingTests
             Assert.Equal(service.DevHttpPort, new Uri(endpoints.GetProperty(ServiceCatalog.HttpEndpoint).GetProperty("Url").GetString()!).Port);
             Assert.Equal("Http1", endpoints.GetProperty(ServiceCatalog.HttpEndpoint).GetProperty("Protocols").GetString());
         }
-    }
-
-    private static string RepositoryRoot()
-    {
-        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
-        {
-            if (File.Exists(Path.Combine(dir.FullName, "MriSeg.sln")))
-            {
-                return dir.FullName;
-            }
-        }
-
-        throw new InvalidOperationException("MriSeg.sln not found above " + AppContext.BaseDirectory);
     }
 }
