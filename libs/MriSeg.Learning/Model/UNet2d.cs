@@ -1,0 +1,230 @@
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+using F = TorchSharp.torch.nn.functional;
+
+namespace MriSeg.Learning.Model;
+
+/// <summary>
+/// The 2-D U-Net family of <see cref="UNetConfig"/>. Parameters carry PyTorch module names
+/// (<see cref="UNetLayout"/>), so a PyTorch module of the same layout loads its safetensors file.
+/// </summary>
+/// <remarks>
+/// The forward pass is written functionally over a parameter list so the same code runs the
+/// "folded" per-sample pass of <see cref="PerSample.PerSampleGradients"/>: G groups folded into the
+/// channel dimension, every convolution with groups = G and G stacked weight copies, every GroupNorm
+/// with G·groups groups. Call <see cref="Torch.TorchRuntime.Initialize"/> before constructing one.
+/// </remarks>
+public sealed class UNet2d : nn.Module<Tensor, Tensor>
+{
+    private readonly UNetLayout _layout;
+
+    /// <summary>Builds the model with PyTorch's default initialisation (GroupNorm: ones and zeros).</summary>
+    /// <param name="config">Architecture; validated.</param>
+    /// <param name="dtype">Parameter dtype (Float32 for training; Float64 for exactness tests).</param>
+    /// <param name="device">Parameter device; CPU when null.</param>
+    /// <param name="generator">Optional generator for a reproducible initialisation.</param>
+    public UNet2d(UNetConfig config, ScalarType dtype = ScalarType.Float32, Device? device = null, Generator? generator = null)
+        : base(nameof(UNet2d))
+    {
+        ArgumentNullException.ThrowIfNull(config);
+        _layout = UNetLayout.For(config);
+        Config = config;
+        if (!is_floating_point(dtype))
+        {
+            throw new ArgumentException($"U-Net parameters must be floating point, not {dtype}.", nameof(dtype));
+        }
+
+        var containers = new Dictionary<string, nn.Module>(StringComparer.Ordinal) { [""] = this };
+        using (no_grad())
+        {
+            foreach (var layer in _layout.Layers)
+            {
+                var cut = layer.Name.LastIndexOf('.');
+                var parent = Container(containers, cut < 0 ? "" : layer.Name[..cut]);
+                Register(parent, cut < 0 ? layer.Name : layer.Name[(cut + 1)..], new LayerParameters(layer, dtype, device ?? CPU, generator));
+            }
+        }
+
+        var names = named_parameters().Select(p => p.name).ToList();
+        if (!names.SequenceEqual(_layout.ParameterNames))
+        {
+            // Guards the assumption that registration order is parameter order.
+            throw new InvalidOperationException("U-Net parameter registration order differs from its layout: " + string.Join(", ", names));
+        }
+    }
+
+    /// <summary>The architecture.</summary>
+    public UNetConfig Config { get; }
+
+    /// <summary>The ordered layers and parameter names.</summary>
+    public UNetLayout Layout => _layout;
+
+    /// <summary>Trainable parameter count.</summary>
+    public long ParameterCount => _layout.ParameterCount;
+
+    /// <summary>The parameters in layout order (layer i: 2i weight, 2i+1 bias).</summary>
+    public IReadOnlyList<Parameter> OrderedParameters() => [.. parameters()];
+
+    /// <summary>Dtype of the parameters.</summary>
+    public ScalarType ParameterDType => parameters().First().dtype;
+
+    /// <summary>Device of the parameters.</summary>
+    public Device ParameterDevice => parameters().First().device;
+
+    /// <summary>[N, in, H, W] → [N, out, H, W] after <see cref="UNetConfig.FinalActivation"/>.</summary>
+    public override Tensor forward(Tensor input) => ApplyFinalActivation(ForwardLogits(input));
+
+    /// <summary>[N, in, H, W] → logits [N, out, H, W]; H and W must be multiples of 2^depth.</summary>
+    public Tensor ForwardLogits(Tensor input)
+    {
+        ArgumentNullException.ThrowIfNull(input);
+        var ps = OrderedParameters();
+        CheckInput(input, Config.InChannels, ps[0]);
+        return Run(input, ps, folds: 1);
+    }
+
+    /// <summary>Applies the configured final activation to logits of shape [N, out, H, W].</summary>
+    public Tensor ApplyFinalActivation(Tensor logits) => Config.FinalActivation switch
+    {
+        UNetOutput.Sigmoid => logits.sigmoid(),
+        UNetOutput.Softmax => logits.softmax(1),
+        _ => logits.alias(),
+    };
+
+    internal void CheckInput(Tensor input, long channels, Tensor reference)
+    {
+        if (input.dim() != 4)
+        {
+            throw new ArgumentException($"U-Net input must be [N, C, H, W]; got shape [{string.Join(", ", input.shape)}].");
+        }
+
+        if (input.shape[1] != channels)
+        {
+            throw new ArgumentException($"U-Net input has {input.shape[1]} channels; this model expects {channels}.");
+        }
+
+        var multiple = Config.SizeMultiple;
+        if (input.shape[2] % multiple != 0 || input.shape[3] % multiple != 0 || input.shape[2] == 0 || input.shape[3] == 0)
+        {
+            throw new ArgumentException(
+                $"U-Net input is {input.shape[2]}x{input.shape[3]}; with depth {Config.Depth} height and width must be positive multiples of {multiple}.");
+        }
+
+        if (input.dtype != reference.dtype || input.device_type != reference.device_type || input.device_index != reference.device_index)
+        {
+            throw new ArgumentException($"U-Net input is {input.dtype} on {input.device}; the parameters are {reference.dtype} on {reference.device}.");
+        }
+    }
+
+    /// <summary>
+    /// The forward pass over explicit parameters. With <paramref name="folds"/> = G the input is
+    /// [n, G·in, H, W] (group-major channels) and every parameter is G copies stacked on dim 0.
+    /// </summary>
+    internal Tensor Run(Tensor x, IReadOnlyList<Tensor> p, int folds)
+    {
+        var c = Config;
+        var layout = _layout;
+        long[] one = [1, 1];
+
+        Tensor Conv(Tensor t, int layer) =>
+            folds > 1 && SharedWeightConv.Pays(t, layout.Layers[layer].OutChannels)
+                ? SharedWeightConv.apply(t, p[2 * layer], p[(2 * layer) + 1], folds)
+                : F.conv2d(t, p[2 * layer], p[(2 * layer) + 1], strides: one, padding: one, dilation: one, groups: folds);
+
+        Tensor Norm(Tensor t, int layer) => F.group_norm(t, (long)folds * c.GroupNormGroups, p[2 * layer], p[(2 * layer) + 1], c.GroupNormEps);
+
+        Tensor Act(Tensor t) => c.Activation switch
+        {
+            UNetActivation.Relu => F.relu(t),
+            UNetActivation.Silu => F.silu(t),
+            _ => F.leaky_relu(t, c.NegativeSlope),
+        };
+
+        Tensor Block(Tensor t, int first) => Act(Norm(Conv(Act(Norm(Conv(t, first), first + 1)), first + 2), first + 3));
+
+        // Skip first, then the up-sampled path, per group.
+        Tensor Cat(Tensor skip, Tensor up)
+        {
+            if (folds == 1)
+            {
+                return cat([skip, up], 1);
+            }
+
+            var (n, h, w) = (skip.shape[0], skip.shape[2], skip.shape[3]);
+            return cat([skip.view(n, folds, -1, h, w), up.view(n, folds, -1, h, w)], 2).view(n, -1, h, w);
+        }
+
+        Tensor Up(Tensor t)
+        {
+            long[] size = [t.shape[2] * 2, t.shape[3] * 2];
+            return c.Upsampling == UNetUpsampling.Nearest
+                ? F.interpolate(t, size, mode: InterpolationMode.Nearest)
+                : F.interpolate(t, size, mode: InterpolationMode.Bilinear, align_corners: false);
+        }
+
+        var skips = new Tensor[c.Depth];
+        x = Conv(x, layout.InConv);
+        for (var l = 0; l < c.Depth; l++)
+        {
+            skips[l] = Block(x, layout.Down[l]);
+            x = F.max_pool2d(skips[l], 2, 2);
+        }
+
+        x = Block(x, layout.Bottleneck);
+        for (var l = c.Depth - 1; l >= 0; l--)
+        {
+            var up = Act(Norm(Conv(Up(x), layout.UpSample[l]), layout.UpSample[l] + 1));
+            x = Block(Cat(skips[l], up), layout.UpConv[l]);
+        }
+
+        return Conv(Act(Conv(x, layout.OutConv1)), layout.OutConv2);
+    }
+
+    private static nn.Module Container(Dictionary<string, nn.Module> containers, string path)
+    {
+        if (containers.TryGetValue(path, out var existing))
+        {
+            return existing;
+        }
+
+        var cut = path.LastIndexOf('.');
+        var parent = Container(containers, cut < 0 ? "" : path[..cut]);
+        var created = new ModuleContainer(path);
+        Register(parent, cut < 0 ? path : path[(cut + 1)..], created);
+        containers[path] = created;
+        return created;
+    }
+
+    private static void Register(nn.Module parent, string name, nn.Module child) => parent.register_module(name, child);
+
+    /// <summary>A parameter-free node of the module tree (a PyTorch ModuleList or Sequential).</summary>
+    private sealed class ModuleContainer(string name) : nn.Module(name);
+
+    /// <summary>A layer's weight and bias, initialised as PyTorch initialises Conv2d and GroupNorm.</summary>
+    private sealed class LayerParameters : nn.Module
+    {
+        public LayerParameters(UNetLayer layer, ScalarType dtype, Device device, Generator? generator)
+            : base(layer.Name)
+        {
+            var weight = empty(layer.WeightShape, dtype, device);
+            var bias = empty(layer.BiasShape, dtype, device);
+            if (layer.Kind == UNetLayerKind.Conv3x3)
+            {
+                // PyTorch's Conv2d default: kaiming_uniform(a=√5) = U(±1/√fan_in), and the same bound for the bias.
+                var bound = 1.0 / Math.Sqrt(layer.InChannels * 9.0);
+                weight.uniform_(-bound, bound, generator);
+                bias.uniform_(-bound, bound, generator);
+            }
+            else
+            {
+                // TorchSharp's GroupNorm leaves these uninitialised; PyTorch uses ones and zeros.
+                weight.fill_(1.0);
+                bias.fill_(0.0);
+            }
+
+            register_parameter("weight", new Parameter(weight.DetachFromDisposeScope(), requires_grad: true));
+            register_parameter("bias", new Parameter(bias.DetachFromDisposeScope(), requires_grad: true));
+        }
+    }
+}
