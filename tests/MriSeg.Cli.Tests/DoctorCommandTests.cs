@@ -17,3 +17,27 @@ public sealed class DoctorCommandTests
         Assert.Empty(run.Stderr);
     }
 }
+
+public sealed class BenchDpCommandTests
+{
+    [Fact]
+    public async Task Bench_dp_json_last_line_holds_both_throughputs_and_their_ratio()
+    {
+        var run = await CliRun.RunAsync("bench", "dp", "--size", "32", "--batch", "2", "--iterations", "1", "--json");
+
+        Assert.True(run.ExitCode == 0, run.ToString());
+        var last = System.Text.Json.JsonDocument.Parse(run.Stdout.TrimEnd().Split('\n')[^1]).RootElement;
+        var (plain, dp, ratio) = (last.GetProperty("non_private_samples_per_second").GetDouble(),
+            last.GetProperty("dp_samples_per_second").GetDouble(), last.GetProperty("ratio").GetDouble());
+        Assert.True(plain > 0 && dp > 0);
+        Assert.Equal(dp / plain, ratio, 2);
+    }
+
+    [Fact]
+    public async Task Bench_dp_refuses_a_size_the_unet_cannot_take()
+    {
+        var run = await CliRun.RunAsync("bench", "dp", "--size", "100");
+        Assert.Equal(1, run.ExitCode);
+        Assert.Single(run.StderrLines);
+    }
+}

@@ -2,14 +2,16 @@ using System.CommandLine;
 using System.Globalization;
 using System.Text.Json;
 using MriSeg.Cli.Infrastructure;
+using MriSeg.Learning.Benchmark;
+using MriSeg.Learning.Torch;
 using MriSeg.Sealing;
 using Spectre.Console;
 
 namespace MriSeg.Cli.Commands;
 
 /// <summary>
-/// <c>mriseg bench</c>: micro-benchmarks, one subcommand each (<c>seal</c> now; <c>dp</c> and
-/// <c>preprocess</c> join the group later). Under --json each prints one line of snake_case JSON, so a
+/// <c>mriseg bench</c>: micro-benchmarks, one subcommand each (<c>seal</c>, <c>dp</c>; <c>preprocess</c>
+/// joins the group later). Under --json each prints one line of snake_case JSON, so a
 /// script can read the last line of the output.
 /// </summary>
 internal static class BenchCommand
@@ -25,8 +27,65 @@ internal static class BenchCommand
     {
         var command = new Command("bench", "Measure throughput of the building blocks on this machine.");
         command.Subcommands.Add(CreateSeal(app));
+        command.Subcommands.Add(CreateDp(app));
         return command;
     }
+
+    private static Command CreateDp(CliApp app)
+    {
+        var size = new Option<int>("--size") { Description = "Image side in pixels (a multiple of 16).", HelpName = "N", DefaultValueFactory = _ => 128 };
+        var batch = new Option<int>("--batch") { Description = "Patients per step (one slice each).", HelpName = "B", DefaultValueFactory = _ => 8 };
+        var iterations = new Option<int>("--iterations") { Description = "Timed steps of each kind (medians are reported).", HelpName = "N", DefaultValueFactory = _ => 10 };
+        var device = new Option<string>("--device") { Description = "cpu or cuda; default: the device MRISEG_DEVICE selects.", HelpName = "cpu|cuda" };
+        device.AcceptOnlyFromAmong("cpu", "cuda");
+
+        var command = new Command("dp", "DP-SGD step (folded per-patient gradients, clipping, noise) against a non-private step of the reference U-Net, in one run.")
+        {
+            size, batch, iterations, device,
+        };
+        app.SetAction(command, async (context, _) =>
+        {
+            var (n, b, it) = (context.GetValue(size), context.GetValue(batch), context.GetValue(iterations));
+            if (n < 16 || n % 16 != 0 || n > 1024 || b < 1 || b > 512 || it < 1)
+            {
+                throw new CliException("--size must be a multiple of 16 up to 1024, --batch 1..512, --iterations at least 1");
+            }
+
+            TorchBackendInfo backend;
+            try
+            {
+                backend = TorchRuntime.Initialize();
+            }
+            catch (TorchUnavailableException e)
+            {
+                throw new CliException(e.Message.Split('\n')[0].Trim());
+            }
+
+            var chosen = context.GetValue(device) switch
+            {
+                "cpu" => new TorchSharp.torch.Device("cpu"),
+                "cuda" when !backend.CudaAvailable => throw new CliException($"--device cuda: CUDA is not available with libtorch from {backend.LibTorchSource}"),
+                "cuda" => new TorchSharp.torch.Device("cuda"),
+                _ => backend.CreateDevice(),
+            };
+            var result = await context.Output.StatusAsync(
+                $"benchmarking DP-SGD at {n}x{n}, batch {b}, {it} steps of each kind on {chosen}",
+                _ => Task.Run(() => DpBenchmark.Run(n, b, chosen, it)));
+            context.Output.WriteResult(
+                new DpBenchResult(result.Size, result.Batch, result.Device, backend.Backend, result.Iterations, result.Threads,
+                    Math.Round(result.NonPrivateSamplesPerSecond, 3), Math.Round(result.DpSamplesPerSecond, 3), Math.Round(result.Ratio, 4), Math.Round(result.CpuRatio, 4)),
+                (console, r) => console.MarkupLine(Markup.Escape(
+                    $"{r.Size}x{r.Size}, batch {r.Batch}, {r.Device} ({r.Threads} threads): non-private {r.NonPrivateSamplesPerSecond} samples/s, DP {r.DpSamplesPerSecond} samples/s, ratio {r.Ratio} (CPU-time ratio {r.CpuRatio})")),
+                JsonLine);
+            return ExitCodes.Success;
+        });
+        return command;
+    }
+
+    /// <summary>The <c>bench dp</c> result; the last JSON line holds <c>ratio</c>.</summary>
+    internal sealed record DpBenchResult(
+        int Size, int Batch, string Device, string Backend, int Iterations, int Threads,
+        double NonPrivateSamplesPerSecond, double DpSamplesPerSecond, double Ratio, double CpuRatio);
 
     private static Command CreateSeal(CliApp app)
     {
