@@ -1,3 +1,4 @@
+using MriSeg.Imaging.Formats;
 using System.Text.Json;
 using MriSeg.Learning.Formats;
 using MriSeg.Learning.Model;

@@ -1,3 +1,4 @@
+using MriSeg.Imaging.Formats;
 using TorchSharp;
 using static TorchSharp.torch;
 

@@ -1,3 +1,4 @@
+using MriSeg.Imaging.Formats;
 using MriSeg.Learning.Formats;
 using static TorchSharp.torch;
 

@@ -1,8 +1,8 @@
 using System.Buffers.Binary;
 using System.Text;
-using MriSeg.Learning.Formats;
+using MriSeg.Imaging.Formats;
 
-namespace MriSeg.Learning.Tests;
+namespace MriSeg.Imaging.Tests;
 
 /// <summary>The torch-free format code: no torch fixture needed.</summary>
 public sealed class SafeTensorsTests

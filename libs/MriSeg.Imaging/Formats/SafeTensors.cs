@@ -4,7 +4,7 @@ using System.Runtime.InteropServices;
 using System.Text.Encodings.Web;
 using System.Text.Json;
 
-namespace MriSeg.Learning.Formats;
+namespace MriSeg.Imaging.Formats;
 
 /// <summary>Element types of the safetensors format (the codes are the format's strings).</summary>
 public enum SafeTensorDType
@@ -488,7 +488,8 @@ public static class SafeTensors
         }
     }
 
-    internal static void ToLittleEndian(Span<byte> bytes, int elementSize)
+    /// <summary>Swaps each element of <paramref name="bytes"/> between native and little-endian order, in place (a no-op on little-endian machines).</summary>
+    public static void ToLittleEndian(Span<byte> bytes, int elementSize)
     {
         // The format is little-endian; on a big-endian host each element's bytes are reversed.
         if (BitConverter.IsLittleEndian || elementSize == 1)
