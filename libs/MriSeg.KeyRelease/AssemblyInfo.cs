@@ -1,0 +1,1 @@
+// Secure key release: parties, release policies, attestation tokens, contracts and privacy budgets.

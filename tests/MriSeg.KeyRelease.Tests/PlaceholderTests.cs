@@ -1,0 +1,1 @@
+namespace MriSeg.KeyRelease.Tests;
