@@ -65,7 +65,7 @@ public sealed record ModelCard
     /// <summary>The device that trained, e.g. "cpu" or "cuda:0 (NVIDIA H100)".</summary>
     public required string Device { get; init; }
 
-    /// <summary>The software measurement of the trainer (see <see cref="SoftwareMeasurement"/>).</summary>
+    /// <summary>The software measurement of the trainer that the attestation vouched for.</summary>
     public required string CodeMeasurement { get; init; }
 
     /// <summary>The attestation type the key release relied on, e.g. "development (not hardware-backed)".</summary>
