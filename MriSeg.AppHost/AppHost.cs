@@ -9,8 +9,17 @@ var storageLocation = builder.Configuration["MriSeg:StorageLocation"] is { Lengt
     ? Path.GetFullPath(configured)
     : Path.Combine(repositoryRoot, ".mriseg", "azurite");
 
-var blobs = builder.AddAzurite(ServiceCatalog.BlobConnection, AzuriteService.Blob, storageLocation);
-var tables = builder.AddAzurite(ServiceCatalog.TableConnection, AzuriteService.Table, storageLocation);
+IResourceBuilder<IResourceWithConnectionString> blobs, tables;
+if (builder.ExecutionContext.IsPublishMode)
+{
+    // The manifest describes the Azure deployment (infra/): the deployed storage account, no Azurite.
+    (blobs, tables) = CloudStorage.Add(builder);
+}
+else
+{
+    blobs = builder.AddAzurite(ServiceCatalog.BlobConnection, AzuriteService.Blob, storageLocation);
+    tables = builder.AddAzurite(ServiceCatalog.TableConnection, AzuriteService.Table, storageLocation);
+}
 
 IResourceBuilder<ProjectResource> AddService<TProject>(string name) where TProject : IProjectMetadata, new() =>
     builder.AddProject<TProject>(name)
@@ -27,6 +36,9 @@ AddService<Projects.MriSeg_ModelVault>(ServiceCatalog.ModelVault).WithReference(
 var endpointsFile = builder.Configuration["MriSeg:EndpointsFile"] is { Length: > 0 } file
     ? Path.GetFullPath(file)
     : Path.Combine(repositoryRoot, EndpointsFile.RelativePath);
-builder.Services.AddHostedService(services => new EndpointsFileWriter(services, endpointsFile));
+if (builder.ExecutionContext.IsRunMode)
+{
+    builder.Services.AddHostedService(services => new EndpointsFileWriter(services, endpointsFile));
+}
 
 builder.Build().Run();
