@@ -16,6 +16,7 @@ public sealed class ServiceHost<TService> : WebApplicationFactory<TService> wher
     public static readonly int DeadPort = FindClosedPort();
 
     private readonly IReadOnlyDictionary<string, string> settings;
+    private readonly Lazy<string> keyBrokerKeys = new(() => Directory.CreateTempSubdirectory("mriseg-host-keybroker-").FullName);
 
     public ServiceHost()
         : this(new Dictionary<string, string>())
@@ -30,9 +31,27 @@ public sealed class ServiceHost<TService> : WebApplicationFactory<TService> wher
         builder.UseEnvironment("Testing");
         builder.UseSetting("ConnectionStrings:blobs", AzuriteStyle("BlobEndpoint"));
         builder.UseSetting("ConnectionStrings:tables", AzuriteStyle("TableEndpoint"));
+        // The KeyBroker needs a folder for its own keys outside Development: a temporary one (deleted on dispose).
+        builder.UseSetting("KeyBroker:KeysDirectory", keyBrokerKeys.Value);
+        builder.UseSetting("KeyBroker:CreateKeys", "true");
         foreach (var (key, value) in settings)
         {
             builder.UseSetting(key, value);
+        }
+    }
+
+    protected override void Dispose(bool disposing)
+    {
+        base.Dispose(disposing);
+        if (disposing && keyBrokerKeys.IsValueCreated)
+        {
+            try
+            {
+                Directory.Delete(keyBrokerKeys.Value, recursive: true);
+            }
+            catch (IOException)
+            {
+            }
         }
     }
 

@@ -20,7 +20,6 @@ public sealed class ServiceHostingTests
 
         using var preprocess = new ServiceHost<MriSeg.Preprocess.PreprocessService>();
         using var packaging = new ServiceHost<MriSeg.Packaging.PackagingService>();
-        using var keyBroker = new ServiceHost<MriSeg.KeyBroker.KeyBrokerService>();
         using var trainer = new ServiceHost<MriSeg.Trainer.TrainerService>();
         using var modelVault = new ServiceHost<MriSeg.ModelVault.ModelVaultService>();
 
@@ -30,8 +29,6 @@ public sealed class ServiceHostingTests
                 new V1.Preprocess.PreprocessClient(preprocess.CreateChannel()).InspectSourceAsync(new(), cancellationToken: Ct).ResponseAsync),
             ["Packaging/HandOffKey:the KeyBroker's key import"] = await Fails(() =>
                 new V1.Packaging.PackagingClient(packaging.CreateChannel()).HandOffKeyAsync(new(), cancellationToken: Ct).ResponseAsync),
-            ["KeyBroker/ReleaseKey:secure key release"] = await Fails(() =>
-                new V1.KeyBroker.KeyBrokerClient(keyBroker.CreateChannel()).ReleaseKeyAsync(new(), cancellationToken: Ct).ResponseAsync),
             ["Trainer/WatchRun:clean-room run"] = await Fails(async () =>
             {
                 using var call = new V1.Trainer.TrainerClient(trainer.CreateChannel()).WatchRun(new(), cancellationToken: Ct);
