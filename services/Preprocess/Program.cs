@@ -5,6 +5,7 @@ var builder = WebApplication.CreateBuilder(args);
 builder.AddServiceDefaults();
 builder.AddStorageClients();
 builder.AddGrpcHosting();
+builder.Services.AddSingleton(services => PreprocessSettings.From(builder.Configuration, builder.Environment));
 
 var app = builder.Build();
 app.MapGrpcHosting<PreprocessService>();
