@@ -8,6 +8,11 @@ builder.AddGrpcHosting();
 builder.Services.AddSingleton<TorchHealthCheck>();
 builder.Services.AddHostedService(services => services.GetRequiredService<TorchHealthCheck>());
 builder.Services.AddHealthChecks().AddCheck<TorchHealthCheck>("torch", tags: [ServiceDefaultsExtensions.ReadyTag]);
+builder.Services.AddSingleton(TrainerSettings.From(builder.Configuration));
+builder.Services.AddHttpClient();
+builder.Services.AddSingleton<RunStore>();
+builder.Services.AddSingleton<ICleanRoomRunFactory, CleanRoomRunFactory>();
+builder.Services.AddSingleton<RunManager>();
 
 var app = builder.Build();
 app.MapGrpcHosting<TrainerService>();

@@ -25,6 +25,9 @@ public sealed class AzuriteFixture : IAsyncLifetime
 
     public string? SkipReason { get; private set; }
 
+    /// <summary>Azurite's data folder (every blob and table it stores), while running.</summary>
+    public string? Location => location;
+
     public string BlobConnectionString { get; private set; } = "";
 
     public string TableConnectionString { get; private set; } = "";

@@ -1,0 +1,28 @@
+namespace MriSeg.Trainer;
+
+/// <summary>The Trainer's settings (section <c>Trainer</c>).</summary>
+public sealed class TrainerSettings
+{
+    public const string Section = "Trainer";
+
+    /// <summary><c>Trainer:PartyId</c>: the clean room's party id at the KeyBroker (role CCR).</summary>
+    public string PartyId { get; init; } = "cleanroom";
+
+    /// <summary><c>Trainer:PartyKeyPath</c>: the clean room's party signing key (PKCS#8 PEM); required to run.</summary>
+    public string? PartyKeyPath { get; init; }
+
+    /// <summary><c>Trainer:KeyBrokerAddress</c>: the KeyBroker's gRPC address (service discovery by default).</summary>
+    public string KeyBrokerAddress { get; init; } = "http://_grpc.keybroker";
+
+    /// <summary><c>Trainer:AttestationIssuer</c>: the development attestation authority (local runs).</summary>
+    public string AttestationIssuer { get; init; } = "http://localhost:5132/dev-attestation";
+
+    /// <summary><c>Trainer:Device</c>: auto, cpu or cuda.</summary>
+    public string Device { get; init; } = "auto";
+
+    /// <summary><c>Trainer:MeasuredDirectory</c>: the folder whose software measurement the attestation states (default: the app's folder).</summary>
+    public string MeasuredDirectory { get; init; } = AppContext.BaseDirectory;
+
+    public static TrainerSettings From(IConfiguration configuration) =>
+        configuration.GetSection(Section).Get<TrainerSettings>() ?? new TrainerSettings();
+}
