@@ -20,6 +20,9 @@ internal sealed record CliEnvironment
     /// <summary>Whether Ctrl+C / SIGTERM cancel the running command (System.CommandLine's handler).</summary>
     public bool HandleTermination { get; init; }
 
+    /// <summary>Reads an environment variable (tests give their own).</summary>
+    public Func<string, string?> GetEnvironmentVariable { get; init; } = Environment.GetEnvironmentVariable;
+
     /// <summary>Whether stdout/stderr are terminals; null: detect (true only for the real, unredirected console).</summary>
     public bool? StdoutIsTerminal { get; init; }
     public bool? StderrIsTerminal { get; init; }

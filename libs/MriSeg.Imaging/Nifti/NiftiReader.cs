@@ -2,6 +2,7 @@ using System.Buffers.Binary;
 using System.Globalization;
 using System.IO.Compression;
 using System.Text;
+using System.Runtime.CompilerServices;
 
 namespace MriSeg.Imaging.Nifti;
 
@@ -17,7 +18,7 @@ namespace MriSeg.Imaging.Nifti;
 /// bytes (truncation, corruption, lies, unsupported content) is a <see cref="NiftiFormatException"/> naming the
 /// file and the problem.
 /// </remarks>
-public static class NiftiReader
+public static partial class NiftiReader
 {
     private const int ChunkVoxels = 64 * 1024;
     private const string SupportedList = "2 (uint8), 4 (int16), 8 (int32), 16 (float32), 64 (float64)";
@@ -39,7 +40,22 @@ public static class NiftiReader
         options.Validate();
         using var source = Open(stream, name);
         var header = ReadHeaderCore(source, name, options);
-        return ReadVoxels(source, name, header, options);
+        return ReadVoxels(source, name, header, options, null);
+    }
+
+    /// <summary>
+    /// Reads a volume from a file into an array that <paramref name="allocate"/> provides for the declared voxel
+    /// count (called once, after every header check), so that callers reading many volumes can reuse buffers.
+    /// </summary>
+    internal static Volume Read(string path, NiftiReadOptions? options, Func<long, float[]> allocate)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(path);
+        options ??= NiftiReadOptions.Default;
+        options.Validate();
+        using var file = OpenFile(path);
+        using var source = Open(file, path);
+        var header = ReadHeaderCore(source, path, options);
+        return ReadVoxels(source, path, header, options, allocate);
     }
 
     /// <summary>Reads and validates only the header of a file.</summary>
@@ -383,7 +399,8 @@ public static class NiftiReader
         }
     }
 
-    private static Volume ReadVoxels(SourceReader source, string name, NiftiHeader h, NiftiReadOptions options)
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static Volume ReadVoxels(SourceReader source, string name, NiftiHeader h, NiftiReadOptions options, Func<long, float[]>? allocate)
     {
         // Skip header extensions up to vox_offset (bounded by MaxExtensionBytes in Validate).
         var toSkip = h.VoxOffset - h.HeaderSize;
@@ -404,7 +421,11 @@ public static class NiftiReader
         var canonical = reorientation.CanonicalSize(storage);
 
         // Every check on the declared size has passed: this is the one allocation proportional to it.
-        var data = new float[count];
+        var data = allocate?.Invoke(count) ?? new float[count];
+        if (data.LongLength != count)
+        {
+            throw new InvalidOperationException($"the allocator returned {data.LongLength} voxels for {count}");
+        }
 
         Span<long> step = stackalloc long[3];
         Span<long> offset = stackalloc long[3];
@@ -415,9 +436,15 @@ public static class NiftiReader
         var replace = options.NonFinite == NonFiniteVoxelPolicy.Replace;
         var replacement = options.NonFiniteReplacement;
 
-        var chunkVoxels = (int)Math.Min(count, ChunkVoxels);
+        // Chunks of whole stored rows where a row fits a chunk: each row then lands in its canonical place with
+        // one block copy (reversed for a flipped first axis) instead of voxel by voxel.
+        var rowLength = storage.X;
+        var rowsPerChunk = rowLength <= ChunkVoxels ? Math.Max(1, ChunkVoxels / rowLength) : 0;
+        var chunkVoxels = (int)Math.Min(count, rowsPerChunk > 0 ? (long)rowsPerChunk * rowLength : ChunkVoxels);
         var bytes = new byte[chunkVoxels * elementSize];
         var values = new float[chunkVoxels];
+        var mayBeNonFinite = scaled || datatype is NiftiDatatype.Float32 or NiftiDatatype.Float64;
+        var step0 = step[0];
         long nonFinite = 0;
         long done = 0;
         int i0 = 0, i1 = 0, i2 = 0;
@@ -434,20 +461,38 @@ public static class NiftiReader
                     $"truncated: {source.EndDescription(h.VoxOffset + have)} bytes, but {count} {NiftiDatatypes.Name(h.DatatypeCode)} voxels need {count * elementSize} bytes from offset {h.VoxOffset}");
             }
 
-            Decode(span, values.AsSpan(0, n), datatype, little, scaled, slope, intercept);
-            for (var v = 0; v < n; v++)
+            var chunk = values.AsSpan(0, n);
+            Decode(span, chunk, datatype, little, scaled, slope, intercept);
+            if (mayBeNonFinite)
             {
-                var value = values[v];
-                if (!float.IsFinite(value))
-                {
-                    nonFinite++;
-                    value = replacement;
-                }
+                nonFinite += VoxelConversion.ReplaceNonFinite(chunk, replacement);
+            }
 
-                data[rowBase + (i0 * step[0])] = value;
-                if (++i0 == storage.X)
+            if (rowsPerChunk > 0)
+            {
+                // The voxel count is a whole number of rows, and so is every chunk.
+                for (var r = 0; r < n; r += rowLength)
                 {
-                    i0 = 0;
+                    var row = chunk.Slice(r, rowLength);
+                    if (step0 == 1)
+                    {
+                        row.CopyTo(data.AsSpan((int)rowBase, rowLength));
+                    }
+                    else if (step0 == -1)
+                    {
+                        var target = data.AsSpan((int)(rowBase - rowLength + 1), rowLength);
+                        row.CopyTo(target);
+                        target.Reverse();
+                    }
+                    else
+                    {
+                        var d = rowBase;
+                        for (var v = 0; v < rowLength; v++, d += step0)
+                        {
+                            data[d] = row[v];
+                        }
+                    }
+
                     if (++i1 == storage.Y)
                     {
                         i1 = 0;
@@ -455,6 +500,24 @@ public static class NiftiReader
                     }
 
                     rowBase = offset[0] + offset[1] + offset[2] + (i1 * step[1]) + (i2 * step[2]);
+                }
+            }
+            else
+            {
+                for (var v = 0; v < n; v++)
+                {
+                    data[rowBase + (i0 * step0)] = chunk[v];
+                    if (++i0 == storage.X)
+                    {
+                        i0 = 0;
+                        if (++i1 == storage.Y)
+                        {
+                            i1 = 0;
+                            i2++;
+                        }
+
+                        rowBase = offset[0] + offset[1] + offset[2] + (i1 * step[1]) + (i2 * step[2]);
+                    }
                 }
             }
 
@@ -508,8 +571,14 @@ public static class NiftiReader
         return (Affine.Diagonal(Pixdim(h, 1), Pixdim(h, 2), Pixdim(h, 3)), AffineSource.Pixdim);
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Decode(ReadOnlySpan<byte> src, Span<float> dst, NiftiDatatype type, bool little, bool scaled, double slope, double intercept)
     {
+        if (!scaled && little == BitConverter.IsLittleEndian && VoxelConversion.TryConvertNative(src, dst, type))
+        {
+            return;
+        }
+
         switch (type)
         {
             case NiftiDatatype.UInt8:
