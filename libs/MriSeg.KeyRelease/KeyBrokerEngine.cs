@@ -148,7 +148,7 @@ public sealed class KeyBrokerEngine
                 {
                     if (_options.Registration != RegistrationMode.TrustOnFirstUse && !admin)
                     {
-                        throw KeyBrokerException.PermissionDenied($"a first registration needs the operator's admin token ({PartyTokens.AdminTokenHeader})");
+                        throw KeyBrokerException.PermissionDenied($"{Client.KeyBrokerParty.FirstRegistrationNeedsAdmin} ({PartyTokens.AdminTokenHeader})");
                     }
 
                     try

@@ -15,15 +15,14 @@ using V1 = MriSeg.Contracts.V1;
 namespace MriSeg.Packaging;
 
 /// <summary>
-/// Seal and Verify over <c>MriSeg.Sealing</c>: a thin host that validates requests, streams between storage and
-/// the library, and maps failures to statuses. HandOffKey is not overridden: the interceptor answers it
-/// UNIMPLEMENTED naming the capability below.
+/// Seal and Verify over <c>MriSeg.Sealing</c>, and HandOffKey over the KeyBroker's import (<see cref="KeyHandOff"/>):
+/// a thin host that validates requests, streams between storage and the library, and maps failures to statuses.
 /// </summary>
-[PendingCapability("the KeyBroker's key import (secure key release)")]
 public sealed class PackagingService(
     BlobServiceClient blobs,
     PartyRegistry parties,
     OwnerKeyStore keys,
+    KeyHandOff handOff,
     PackagingSettings settings,
     ILogger<PackagingService> logger) : V1.Packaging.PackagingBase
 {
@@ -60,6 +59,19 @@ public sealed class PackagingService(
         catch (Exception e)
         {
             throw Errors.Map(e, "verify", logger, cancellationToken);
+        }
+    }
+
+    public override async Task<V1.HandOffKeyResponse> HandOffKey(V1.HandOffKeyRequest request, ServerCallContext context)
+    {
+        var cancellationToken = context.CancellationToken;
+        try
+        {
+            return await handOff.HandOffAsync(request, cancellationToken);
+        }
+        catch (Exception e)
+        {
+            throw Errors.Map(e, "hand off key", logger, cancellationToken);
         }
     }
 

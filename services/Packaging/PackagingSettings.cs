@@ -36,6 +36,26 @@ public sealed class PackagingSettings
     /// </summary>
     public TimeSpan ProgressInterval { get; init; } = TimeSpan.FromMilliseconds(250);
 
+    /// <summary>
+    /// <c>Packaging:KeyBrokerAddress</c>: the KeyBroker's gRPC address for HandOffKey (default
+    /// <see cref="DefaultKeyBrokerAddress"/>: the broker's <c>grpc</c> endpoint through service discovery, which the AppHost's
+    /// reference provides as <c>services__keybroker__grpc__0</c>).
+    /// </summary>
+    public string KeyBrokerAddress { get; init; } = DefaultKeyBrokerAddress;
+
+    /// <summary>Service discovery's name of the KeyBroker's gRPC endpoint.</summary>
+    public const string DefaultKeyBrokerAddress = "http://_grpc.keybroker";
+
+    /// <summary>
+    /// <c>Packaging:KeyBrokerAdminToken</c>: the operator's admin token, sent when registering an owner with the KeyBroker
+    /// on its first hand-off where the broker requires it (its <c>KeyBroker:Registration</c> is <c>AdminToken</c>, the
+    /// default outside Development). Unset: registration relies on the broker's trust on first use. Never logged.
+    /// </summary>
+    public string? KeyBrokerAdminToken { get; init; }
+
+    /// <summary><c>Packaging:KeyBrokerTimeoutSeconds</c>: deadline of a call to the KeyBroker (default 30 s).</summary>
+    public TimeSpan KeyBrokerTimeout { get; init; } = TimeSpan.FromSeconds(30);
+
     public static PackagingSettings From(IConfiguration configuration, IHostEnvironment environment)
     {
         var section = configuration.GetSection(Section);
@@ -46,6 +66,9 @@ public sealed class PackagingSettings
             AllowLocalPaths = section.GetValue("AllowLocalPaths", development),
             CreateOwnerKeys = section.GetValue("CreateOwnerKeys", development),
             ProgressInterval = TimeSpan.FromMilliseconds(Math.Max(0, section.GetValue("ProgressIntervalMs", 250))),
+            KeyBrokerAddress = section["KeyBrokerAddress"] is { Length: > 0 } address ? address : DefaultKeyBrokerAddress,
+            KeyBrokerAdminToken = section["KeyBrokerAdminToken"] is { Length: > 0 } admin ? admin : null,
+            KeyBrokerTimeout = TimeSpan.FromSeconds(Math.Clamp(section.GetValue("KeyBrokerTimeoutSeconds", 30), 1, 600)),
             KeysDirectory = !string.IsNullOrWhiteSpace(keys)
                 ? Path.GetFullPath(keys, environment.ContentRootPath)
                 : development ? DefaultDevelopmentKeysDirectory(environment.ContentRootPath) : null,

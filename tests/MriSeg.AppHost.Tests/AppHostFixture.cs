@@ -19,6 +19,9 @@ public sealed class AppHostFixture : IAsyncLifetime
 
     public DistributedApplication App { get; private set; } = null!;
     public string EndpointsFilePath => Path.Combine(_work.FullName, "endpoints.json");
+
+    /// <summary>The services' key folders (MriSeg:KeysLocation): <c>keybroker/</c> and Packaging's owner keys in <c>keys/</c>.</summary>
+    public string KeysLocation => Path.Combine(_work.FullName, "state");
     public TimeSpan TimeToHealthy { get; private set; }
 
     public async ValueTask InitializeAsync()
@@ -28,6 +31,7 @@ public sealed class AppHostFixture : IAsyncLifetime
             [
                 $"--MriSeg:StorageLocation={Path.Combine(_work.FullName, "azurite")}",
                 $"--MriSeg:EndpointsFile={EndpointsFilePath}",
+                $"--MriSeg:KeysLocation={KeysLocation}",
             ],
             cts.Token);
         App = await builder.BuildAsync(cts.Token);

@@ -3,6 +3,8 @@ using System.Net.Sockets;
 using Grpc.Net.Client;
 using Microsoft.AspNetCore.Hosting;
 using Microsoft.AspNetCore.Mvc.Testing;
+using Microsoft.AspNetCore.TestHost;
+using Microsoft.Extensions.DependencyInjection;
 
 namespace MriSeg.Services.Tests;
 
@@ -16,6 +18,7 @@ public sealed class ServiceHost<TService> : WebApplicationFactory<TService> wher
     public static readonly int DeadPort = FindClosedPort();
 
     private readonly IReadOnlyDictionary<string, string> settings;
+    private readonly Action<IServiceCollection>? configureServices;
     private readonly Lazy<string> keyBrokerKeys = new(() => Directory.CreateTempSubdirectory("mriseg-host-keybroker-").FullName);
 
     public ServiceHost()
@@ -24,7 +27,12 @@ public sealed class ServiceHost<TService> : WebApplicationFactory<TService> wher
     }
 
     /// <param name="settings">Configuration applied after the defaults (e.g. real storage connection strings).</param>
-    public ServiceHost(IReadOnlyDictionary<string, string> settings) => this.settings = settings;
+    /// <param name="configureServices">Changes to the service's registrations after its own (e.g. a client's handler into another in-process service).</param>
+    public ServiceHost(IReadOnlyDictionary<string, string> settings, Action<IServiceCollection>? configureServices = null)
+    {
+        this.settings = settings;
+        this.configureServices = configureServices;
+    }
 
     protected override void ConfigureWebHost(IWebHostBuilder builder)
     {
@@ -37,6 +45,11 @@ public sealed class ServiceHost<TService> : WebApplicationFactory<TService> wher
         foreach (var (key, value) in settings)
         {
             builder.UseSetting(key, value);
+        }
+
+        if (configureServices is not null)
+        {
+            builder.ConfigureTestServices(configureServices);
         }
     }
 

@@ -13,7 +13,12 @@ namespace MriSeg.KeyRelease.Attestation;
 /// <param name="RuntimeKey">The ephemeral public key to bind in <c>x-ms-runtime.keys</c>.</param>
 /// <param name="Nonce">The broker's nonce (in <c>x-ms-runtime.client-payload.nonce</c> and <c>nonce</c>).</param>
 /// <param name="Measurement">The software measurement (hex SHA-256, see <see cref="SoftwareMeasurement"/>) of the trainer.</param>
-public sealed record DevelopmentAttestationRequest(string Subject, RecipientPublicKey RuntimeKey, string Nonce, string Measurement);
+/// <param name="Backdate">
+/// Issue the token as if <paramref name="Backdate"/> earlier (iat, nbf and exp all move back; at most
+/// <see cref="DevelopmentAttestationAuthority.MaxBackdate"/>). A backdated token only ever expires sooner, so it grants nothing
+/// a current one does not; it lets <c>mriseg selfcheck security</c> show that an expired token is refused.
+/// </param>
+public sealed record DevelopmentAttestationRequest(string Subject, RecipientPublicKey RuntimeKey, string Nonce, string Measurement, TimeSpan Backdate = default);
 
 /// <summary>
 /// DEVELOPMENT ONLY. A stand-in attestation authority for local runs and tests: it holds an ECDSA P-256 signing key
@@ -53,6 +58,9 @@ public sealed class DevelopmentAttestationAuthority : IIssuerKeySource, IDisposa
 
     /// <summary>Path below the issuer where the service accepts attestation requests (POST, JSON).</summary>
     public const string AttestPath = "/attest";
+
+    /// <summary>The most a token may be backdated (<see cref="DevelopmentAttestationRequest.Backdate"/>).</summary>
+    public static readonly TimeSpan MaxBackdate = TimeSpan.FromDays(1);
 
     private readonly SigningKey _key;
     private readonly TimeProvider _time;
@@ -169,6 +177,21 @@ public sealed class DevelopmentAttestationAuthority : IIssuerKeySource, IDisposa
     public string IssueToken(DevelopmentAttestationRequest request)
     {
         ArgumentNullException.ThrowIfNull(request);
+        if (request.Backdate < TimeSpan.Zero || request.Backdate > MaxBackdate)
+        {
+            throw new ArgumentException($"the backdate must be between 0 and {MaxBackdate.TotalSeconds:0} seconds", nameof(request));
+        }
+
+        return Sign(_key, KeyId, Issuer, Audience, request, _time.GetUtcNow() - request.Backdate, TokenLifetime);
+    }
+
+    /// <summary>
+    /// A token shaped like this authority's, signed by <paramref name="key"/> under <paramref name="kid"/> and
+    /// <paramref name="issuer"/>: the authority's own tokens, and the forgeries <c>mriseg selfcheck security</c> tries.
+    /// </summary>
+    internal static string Sign(SigningKey key, string kid, string issuer, string audience, DevelopmentAttestationRequest request, DateTimeOffset issuedAt, TimeSpan lifetime)
+    {
+        ArgumentNullException.ThrowIfNull(request);
         if (Ids.Sha256Hex(request.Measurement) is not { } measurement)
         {
             throw new ArgumentException("the measurement must be a hex SHA-256 (64 hex digits)", nameof(request));
@@ -179,15 +202,15 @@ public sealed class DevelopmentAttestationAuthority : IIssuerKeySource, IDisposa
             throw new ArgumentException("a nonce is required", nameof(request));
         }
 
-        var now = _time.GetUtcNow().ToUnixTimeSeconds();
-        return Jws.CreateEs256(_key, KeyId, w =>
+        var now = issuedAt.ToUnixTimeSeconds();
+        return Jws.CreateEs256(key, kid, w =>
         {
-            w.WriteString("iss", Issuer);
-            w.WriteString("aud", Audience);
+            w.WriteString("iss", issuer);
+            w.WriteString("aud", audience);
             w.WriteString("sub", request.Subject);
             w.WriteNumber("iat", now);
             w.WriteNumber("nbf", now);
-            w.WriteNumber("exp", now + (long)TokenLifetime.TotalSeconds);
+            w.WriteNumber("exp", now + (long)lifetime.TotalSeconds);
             w.WriteString("jti", Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(16)));
             w.WriteString("x-ms-ver", "1.0");
             w.WriteString("x-ms-attestation-type", AttestationType);
@@ -207,12 +230,16 @@ public sealed class DevelopmentAttestationAuthority : IIssuerKeySource, IDisposa
     }
 
     /// <summary>A release policy that accepts this authority's tokens for the trainer with <paramref name="measurement"/>.</summary>
-    public string PolicyFor(string measurement) => Encoding.UTF8.GetString(Jws.Json(w =>
+    public string PolicyFor(string measurement) => PolicyFor(Issuer, measurement);
+
+    /// <summary>A release policy that accepts the tokens of the development authority <paramref name="issuer"/> for the trainer with <paramref name="measurement"/>.</summary>
+    public static string PolicyFor(string issuer, string measurement) => Encoding.UTF8.GetString(Jws.Json(w =>
     {
+        ArgumentNullException.ThrowIfNull(measurement);
         w.WriteString("version", ReleasePolicy.SupportedVersion);
         w.WriteStartArray("anyOf");
         w.WriteStartObject();
-        w.WriteString("authority", Issuer);
+        w.WriteString("authority", issuer);
         w.WriteStartArray("allOf");
         Condition(w, "x-ms-attestation-type", AttestationType);
         Condition(w, "x-ms-compliance-status", ComplianceStatus);

@@ -4,6 +4,7 @@ using System.Text.Json;
 using Google.Protobuf;
 using Grpc.Core;
 using MriSeg.KeyRelease.Attestation;
+using MriSeg.KeyRelease.Audit;
 using MriSeg.KeyRelease.Parties;
 using MriSeg.Sealing;
 using V1 = MriSeg.Contracts.V1;
@@ -54,7 +55,8 @@ public sealed class KeyBrokerParty(V1.KeyBroker.KeyBrokerClient client, string p
     /// Registers this party's key with <paramref name="role"/>. <paramref name="adminToken"/> where the broker requires it
     /// for first registrations; <paramref name="previousKey"/> (the registered key) to rotate to this one.
     /// </summary>
-    public async Task<V1.RegisterPartyResponse> RegisterAsync(PartyRole role, string? adminToken = null, SigningKey? previousKey = null, CancellationToken cancellationToken = default)
+    public async Task<V1.RegisterPartyResponse> RegisterAsync(PartyRole role, string? adminToken = null, SigningKey? previousKey = null, CancellationToken cancellationToken = default,
+        DateTime? deadline = null)
     {
         var headers = Credentials();
         if (adminToken is not null)
@@ -72,8 +74,31 @@ public sealed class KeyBrokerParty(V1.KeyBroker.KeyBrokerClient client, string p
             PartyId = partyId,
             Role = role.ToContract(),
             PublicKeyPem = key.PublicKey.ExportPem(),
-        }, headers, cancellationToken: cancellationToken);
+        }, headers, deadline, cancellationToken);
     }
+
+    /// <summary>
+    /// Registers this party's key with <paramref name="role"/> unless it is registered already, sending
+    /// <paramref name="adminToken"/> only when the broker answers that a first registration needs it: never to replace
+    /// a key registered for this party id (with the admin token the broker would replace it, as a recovery). A party
+    /// registered with another key or role is refused (PERMISSION_DENIED, FAILED_PRECONDITION). Between the two calls
+    /// someone may register the id first; the admin-token call then replaces their key with this one.
+    /// </summary>
+    public async Task<V1.RegisterPartyResponse> EnsureRegisteredAsync(PartyRole role, string? adminToken, CancellationToken cancellationToken = default, DateTime? deadline = null)
+    {
+        try
+        {
+            return await RegisterAsync(role, adminToken: null, cancellationToken: cancellationToken, deadline: deadline).ConfigureAwait(false);
+        }
+        catch (RpcException e) when (adminToken is not null && e.StatusCode == StatusCode.PermissionDenied
+            && e.Status.Detail.Contains(FirstRegistrationNeedsAdmin, StringComparison.Ordinal))
+        {
+            return await RegisterAsync(role, adminToken, cancellationToken: cancellationToken, deadline: deadline).ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>What the broker's refusal of a first registration without the admin token says.</summary>
+    public const string FirstRegistrationNeedsAdmin = "a first registration needs the operator's admin token";
 
     /// <summary>
     /// Wraps <paramref name="dataKey"/> to the broker's public key and imports it with its policy and contract. With
@@ -105,6 +130,53 @@ public sealed class KeyBrokerParty(V1.KeyBroker.KeyBrokerClient client, string p
         }
 
         return await client.ImportKeyAsync(request, Credentials(), cancellationToken: cancellationToken);
+    }
+
+    /// <summary>
+    /// Imports a key that is already wrapped to the broker's public key (<paramref name="wrappedKeyJson"/>: the wrapped-key
+    /// document, e.g. a Seal's <c>wrapped_data_key</c> for the broker's key): what Packaging's HandOffKey forwards.
+    /// </summary>
+    public async Task<V1.ImportKeyResponse> ImportWrappedKeyAsync(string keyId, V1.KeyPurpose purpose, ByteString wrappedKeyJson, string wrapAlgorithm,
+        string releasePolicyJson, V1.ContractTerms? contract, DateTime? deadline = null, CancellationToken cancellationToken = default)
+    {
+        var request = new V1.ImportKeyRequest
+        {
+            KeyId = keyId,
+            Purpose = purpose,
+            WrappedKey = wrappedKeyJson,
+            WrapAlgorithm = wrapAlgorithm ?? "",
+            ReleasePolicyJson = releasePolicyJson ?? "",
+        };
+        if (contract is not null)
+        {
+            request.Contract = contract;
+        }
+
+        return await client.ImportKeyAsync(request, Credentials(), deadline, cancellationToken);
+    }
+
+    /// <summary>
+    /// The key's audit trail (owner only), read to its end and verified here too (<see cref="AuditReading"/>): the hash of
+    /// every record and the links between them, besides the broker's own verification (DATA_LOSS at the end of the stream).
+    /// </summary>
+    public async Task<AuditReading> ReadAuditAsync(string keyId, CancellationToken cancellationToken = default)
+    {
+        var records = new List<V1.AuditRecord>();
+        string? brokerProblem = null;
+        using var call = client.ListAudit(new V1.ListAuditRequest { KeyId = keyId }, Credentials(), cancellationToken: cancellationToken);
+        try
+        {
+            await foreach (var record in call.ResponseStream.ReadAllAsync(cancellationToken).ConfigureAwait(false))
+            {
+                records.Add(record);
+            }
+        }
+        catch (RpcException e) when (e.StatusCode == StatusCode.DataLoss)
+        {
+            brokerProblem = e.Status.Detail;
+        }
+
+        return new AuditReading(records, brokerProblem, AuditReading.VerifyHere(records));
     }
 
     /// <summary>
@@ -185,20 +257,30 @@ public sealed class KeyBrokerParty(V1.KeyBroker.KeyBrokerClient client, string p
 /// <summary>The request the development authority's HTTP endpoint takes (JSON, snake_case).</summary>
 public static class DevelopmentAttestationClient
 {
-    /// <summary>POSTs to <c>{issuer}/attest</c>: <c>{"nonce", "runtime_key_pem", "measurement"}</c> with a CCR party token; returns the token.</summary>
+    /// <summary>
+    /// POSTs to <c>{issuer}/attest</c>: <c>{"nonce", "runtime_key_pem", "measurement"}</c> (and <c>"backdate_seconds"</c> when
+    /// <paramref name="backdate"/> is given) with a CCR party token; returns the token. <paramref name="issuer"/> is where the
+    /// authority is reached, which may differ from the issuer its tokens name (a proxy, a test server).
+    /// </summary>
     public static async Task<string> RequestTokenAsync(HttpClient http, string issuer, string partyToken, string nonce, RecipientPublicKey runtimeKey,
-        string measurement, CancellationToken cancellationToken)
+        string measurement, CancellationToken cancellationToken, TimeSpan? backdate = null)
     {
         ArgumentNullException.ThrowIfNull(http);
         ArgumentNullException.ThrowIfNull(runtimeKey);
+        var fields = new Dictionary<string, object>
+        {
+            ["nonce"] = nonce,
+            ["runtime_key_pem"] = runtimeKey.ExportPem(),
+            ["measurement"] = measurement,
+        };
+        if (backdate is { } by)
+        {
+            fields["backdate_seconds"] = (long)by.TotalSeconds;
+        }
+
         using var request = new HttpRequestMessage(HttpMethod.Post, issuer.TrimEnd('/') + DevelopmentAttestationAuthority.AttestPath)
         {
-            Content = JsonContent.Create(new Dictionary<string, string>
-            {
-                ["nonce"] = nonce,
-                ["runtime_key_pem"] = runtimeKey.ExportPem(),
-                ["measurement"] = measurement,
-            }),
+            Content = JsonContent.Create(fields),
         };
         request.Headers.TryAddWithoutValidation(PartyTokens.AuthorizationHeader, PartyTokens.Bearer(partyToken));
         using var response = await http.SendAsync(request, cancellationToken).ConfigureAwait(false);

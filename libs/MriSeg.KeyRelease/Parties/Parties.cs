@@ -34,6 +34,17 @@ public static class PartyRoles
     /// <summary>The contract enum value.</summary>
     public static V1.Party ToContract(this PartyRole role) => (V1.Party)(int)role;
 
+    /// <summary>
+    /// The role that imports and owns keys of <paramref name="purpose"/>: dataset keys a data provider's, model and output
+    /// keys the consumer's; null for an unspecified purpose.
+    /// </summary>
+    public static PartyRole? OwnerOf(V1.KeyPurpose purpose) => purpose switch
+    {
+        V1.KeyPurpose.Dataset => PartyRole.DataProvider,
+        V1.KeyPurpose.Model or V1.KeyPurpose.Output => PartyRole.DataConsumer,
+        _ => null,
+    };
+
     /// <summary>The role of a contract enum value, or null when unspecified or unknown.</summary>
     public static PartyRole? FromContract(V1.Party party) => party switch
     {
