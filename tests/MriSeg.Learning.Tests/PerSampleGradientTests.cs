@@ -1,4 +1,5 @@
 using MriSeg.Learning.Model;
+using MriSeg.Learning.Noise;
 using MriSeg.Learning.PerSample;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -203,7 +204,7 @@ public sealed class PerSampleGradientTests(TorchRuntimeFixture fixture, ITestOut
         var c = grads.Norms().min().item<double>();
         var expected = grads.ClippedSum(c);
 
-        using var engine = new DpGradientEngine(model, Loss, new DpSgdSettings(c, 0, ExpectedBatchSize: 2.5), noiseSeed: 1);
+        using var engine = new DpGradientEngine(model, Loss, new DpSgdSettings(c, 0, ExpectedBatchSize: 2.5));
         var stats = engine.ComputeGradients(x, y, groups);
         Assert.Equal(3, stats.Groups);
         Assert.Equal(4, stats.Slices);
@@ -230,7 +231,8 @@ public sealed class PerSampleGradientTests(TorchRuntimeFixture fixture, ITestOut
 
         Tensor Noise(ulong? seed)
         {
-            using var engine = new DpGradientEngine(model, Loss, new DpSgdSettings(c, sigma, expectedBatch), seed);
+            using var generator = seed is { } s ? GaussianNoise.CreateInsecureSeeded(s) : GaussianNoise.CreateSecure();
+            using var engine = new DpGradientEngine(model, Loss, new DpSgdSettings(c, sigma, expectedBatch), generator);
             engine.ComputeGradients(x, y, groups);
             return cat([.. parameters.Select((p, i) => (p.grad! - (clean[i] / expectedBatch)).flatten())]);
         }
@@ -258,7 +260,8 @@ public sealed class PerSampleGradientTests(TorchRuntimeFixture fixture, ITestOut
         var (model, x, y) = Setup(UNetTests.Tiny, 1, 16, 23);
         using var _ = model;
         var none = tensor(Array.Empty<long>());
-        using var engine = new DpGradientEngine(model, Loss, new DpSgdSettings(1.0, 1.0, 10), noiseSeed: 5);
+        using var noise = GaussianNoise.CreateInsecureSeeded(5);
+        using var engine = new DpGradientEngine(model, Loss, new DpSgdSettings(1.0, 1.0, 10), noise);
         var stats = engine.ComputeGradients(x.index_select(0, none), y.index_select(0, none), []);
         Assert.Equal(new DpStepStats(0, 0, 0, 0), stats);
         var all = cat([.. model.OrderedParameters().Select(p => p.grad!.flatten())]);

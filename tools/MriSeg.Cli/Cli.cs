@@ -45,11 +45,16 @@ internal static class Cli
         root.Subcommands.Add(DoctorCommand.Create(app));
         root.Subcommands.Add(AccountantCommand.Create(app));
         root.Subcommands.Add(PhantomsCommand.Create(app));
+        root.Subcommands.Add(PreprocessCommand.Create(app));
         root.Subcommands.Add(KeygenCommand.Create(app));
         root.Subcommands.Add(SealCommand.Create(app));
         root.Subcommands.Add(OpenCommand.Create(app));
         root.Subcommands.Add(InspectCommand.Create(app));
+        root.Subcommands.Add(KeysCommand.Create(app));
+        root.Subcommands.Add(SelfcheckCommand.Create(app));
         root.Subcommands.Add(BenchCommand.Create(app));
+        root.Subcommands.Add(TrainCommand.Create(app));
+        root.Subcommands.Add(TrainCommand.CreateEvaluate(app));
         return root;
     }
 }

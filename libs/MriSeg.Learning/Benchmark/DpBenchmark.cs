@@ -24,7 +24,7 @@ public sealed record DpBenchmarkOptions
     /// <summary>torch intra-op threads; null leaves libtorch's choice.</summary>
     public int? Threads { get; init; }
 
-    /// <summary>Seed for the model, data and noise, so runs are comparable.</summary>
+    /// <summary>Seed for the model and data, so runs are comparable (the noise is always the secure generator's).</summary>
     public ulong Seed { get; init; } = 20240611;
 
     /// <summary>Clip norm of the DP step.</summary>
@@ -140,7 +140,7 @@ public static class DpBenchmark
 
         using var plainOptimizer = optim.SGD(plainModel.parameters(), 1e-3, momentum: 0.9);
         using var dpOptimizer = optim.SGD(dpModel.parameters(), 1e-3, momentum: 0.9);
-        using var engine = new DpGradientEngine(dpModel, loss, new DpSgdSettings(options.ClipNorm, options.NoiseMultiplier, groups), options.Seed + 1);
+        using var engine = new DpGradientEngine(dpModel, loss, new DpSgdSettings(options.ClipNorm, options.NoiseMultiplier, groups));
 
         void PlainStep()
         {

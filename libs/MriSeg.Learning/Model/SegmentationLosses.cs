@@ -34,4 +34,15 @@ public static class SegmentationLosses
         var dice = SoftDice(smooth);
         return (logits, targets) => BinaryCrossEntropy(logits, targets) + dice(logits, targets);
     }
+
+    /// <summary>
+    /// Soft Dice plus the mean absolute difference between sigmoid(logits) and the targets (the reference
+    /// system's "Dice + L1" loss).
+    /// </summary>
+    /// <param name="smooth">Soft Dice smoothing.</param>
+    public static PerSampleLoss DiceL1(double smooth = 1.0)
+    {
+        var dice = SoftDice(smooth);
+        return (logits, targets) => dice(logits, targets) + (logits.sigmoid() - targets).abs().mean([1, 2, 3]);
+    }
 }

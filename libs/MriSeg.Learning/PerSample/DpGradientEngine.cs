@@ -1,6 +1,5 @@
-using System.Security.Cryptography;
 using MriSeg.Learning.Model;
-using TorchSharp;
+using MriSeg.Learning.Noise;
 using static TorchSharp.torch;
 
 namespace MriSeg.Learning.PerSample;
@@ -40,6 +39,13 @@ public sealed record DpSgdSettings(
 /// <param name="ClippedGroups">Groups whose gradient norm was above the clip norm.</param>
 public sealed record DpStepStats(int Groups, int Slices, double LossSum, int ClippedGroups);
 
+/// <summary>One chunk of a DP batch: whole patients, numbered 0..G-1 within the chunk.</summary>
+/// <param name="Inputs">[N, in, H, W].</param>
+/// <param name="Targets">[N, out, H, W].</param>
+/// <param name="GroupIndex">Patient (0..G-1 within this chunk) of each of the N slices.</param>
+/// <param name="PaddingGroups">The last this many groups are padding (any slices, weight 0): they contribute nothing and are not counted.</param>
+public sealed record DpBatchChunk(Tensor Inputs, Tensor Targets, IReadOnlyList<int> GroupIndex, int PaddingGroups = 0);
+
 /// <summary>
 /// One DP-SGD gradient: folded per-group gradients, clipped to C, summed, Gaussian noise N(0, σ²C²)
 /// added, divided by the expected batch size, written to each parameter's .grad for any optimizer.
@@ -47,17 +53,18 @@ public sealed record DpStepStats(int Groups, int Slices, double LossSum, int Cli
 /// <remarks>
 /// Per parameter the clipped sum is one fused GEMV (addmv) of the [G, n] view of the folded gradient
 /// with the clip factors, added onto noise already drawn into a kept buffer; no per-group gradient is
-/// copied out. Noise comes from <see cref="NoiseStreams"/> torch generators, each seeded from the OS
-/// CSPRNG unless a seed is given, filling their share of the buffer in parallel on the CPU.
+/// copied out. Noise comes from a <see cref="GaussianNoise"/>: an AES-256-CTR keystream under a key from
+/// the OS CSPRNG unless the caller passes another generator (tests pass the insecure seeded one).
+/// A batch too large for one folded pass is given as chunks of whole patients
+/// (<see cref="ComputeGradients(int, Func{int, DpBatchChunk})"/>): each patient's gradient is still
+/// clipped as a whole, so the result equals the one-pass result.
 /// </remarks>
 public sealed class DpGradientEngine : IDisposable
 {
-    /// <summary>Independent generators the noise is drawn from (fixed, so a seeded run is reproducible anywhere).</summary>
-    public const int NoiseStreams = 4;
-
     private readonly UNet2d _model;
     private readonly PerSampleLoss _loss;
-    private readonly Generator[] _generators;
+    private readonly GaussianNoise _noise;
+    private readonly bool _ownsNoise;
     private readonly FoldedLeafBuffers _leaves = new();
     private Tensor? _gradients;
     private Tensor[] _gradientViews = [];
@@ -66,8 +73,12 @@ public sealed class DpGradientEngine : IDisposable
     /// <param name="model">The model whose parameters receive the noisy gradient.</param>
     /// <param name="loss">Per-sample loss on logits.</param>
     /// <param name="settings">C, σ, expected batch size.</param>
-    /// <param name="noiseSeed">A fixed seed for reproducible tests and benchmarks; null (default) seeds every stream from the OS CSPRNG.</param>
-    public DpGradientEngine(UNet2d model, PerSampleLoss loss, DpSgdSettings settings, ulong? noiseSeed = null)
+    /// <param name="noise">
+    /// The noise generator, which stays the caller's to dispose; null (the default, and the only choice for
+    /// training) makes a <see cref="GaussianNoise.CreateSecure"/> generator that the engine owns. Tests pass
+    /// <see cref="GaussianNoise.CreateInsecureSeeded"/> for reproducible noise.
+    /// </param>
+    public DpGradientEngine(UNet2d model, PerSampleLoss loss, DpSgdSettings settings, GaussianNoise? noise = null)
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(loss);
@@ -76,13 +87,15 @@ public sealed class DpGradientEngine : IDisposable
         _model = model;
         _loss = loss;
         Settings = settings;
-        var device = model.ParameterDevice;
-        _generators = [.. Enumerable.Range(0, NoiseStreams).Select(i =>
-            new Generator(noiseSeed is { } seed ? seed + (ulong)i : BitConverter.ToUInt64(RandomNumberGenerator.GetBytes(8)), device))];
+        _ownsNoise = noise is null;
+        _noise = noise ?? GaussianNoise.CreateSecure();
     }
 
     /// <summary>The settings.</summary>
     public DpSgdSettings Settings { get; }
+
+    /// <summary>Where the noise comes from.</summary>
+    public GaussianNoise Noise => _noise;
 
     /// <summary>
     /// Computes the noisy DP gradient for one batch and stores it in every parameter's .grad
@@ -94,22 +107,60 @@ public sealed class DpGradientEngine : IDisposable
     /// <param name="groupIndex">Group (patient, 0..G-1) of each sample.</param>
     public DpStepStats ComputeGradients(Tensor inputs, Tensor targets, IReadOnlyList<int> groupIndex)
     {
-        var grouping = SliceGrouping.Create(groupIndex, Settings.Reduction, Settings.MaxSlicesPerGroup);
+        ArgumentNullException.ThrowIfNull(inputs);
+        ArgumentNullException.ThrowIfNull(targets);
+        ArgumentNullException.ThrowIfNull(groupIndex);
+        return ComputeGradients(1, _ => new DpBatchChunk(inputs, targets, groupIndex));
+    }
+
+    /// <summary>
+    /// As <see cref="ComputeGradients(Tensor, Tensor, IReadOnlyList{int})"/> for a batch given in
+    /// <paramref name="chunkCount"/> chunks of whole patients (so each folded pass stays within memory):
+    /// noise is drawn once, each chunk's clipped per-patient gradients are added, and the result is the
+    /// same as one pass over the whole batch. <paramref name="chunk"/> is called once per chunk, in order;
+    /// the engine disposes nothing it returns. Zero chunks is an empty batch (noise only).
+    /// </summary>
+    /// <param name="chunkCount">Number of chunks (0 for an empty batch).</param>
+    /// <param name="chunk">Builds chunk i: inputs, targets and group numbers 0..G_i-1 local to the chunk.</param>
+    public DpStepStats ComputeGradients(int chunkCount, Func<int, DpBatchChunk> chunk)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(chunkCount);
+        ArgumentNullException.ThrowIfNull(chunk);
         var parameters = _model.OrderedParameters();
-        using var scope = NewDisposeScope();
-        using var grads = PerSampleGradients.Compute(_model, inputs, targets, grouping, _loss, _leaves);
-        using var _ = no_grad();
         var c = Settings.ClipNorm;
         var views = GradientViews(parameters);
-        DrawNoise(Settings.NoiseMultiplier * c / Settings.ExpectedBatchSize);
-        if (grouping.GroupCount > 0)
+        using (no_grad())
         {
+            DrawNoise(Settings.NoiseMultiplier * c / Settings.ExpectedBatchSize);
+        }
+
+        int groups = 0, slices = 0, clipped = 0;
+        double lossSum = 0;
+        for (var k = 0; k < chunkCount; k++)
+        {
+            using var scope = NewDisposeScope();
+            var part = chunk(k);
+            var grouping = SliceGrouping.Create(part.GroupIndex, Settings.Reduction, Settings.MaxSlicesPerGroup, part.PaddingGroups);
+            if (grouping.RealGroupCount == 0)
+            {
+                continue;
+            }
+
+            using var grads = PerSampleGradients.Compute(_model, part.Inputs, part.Targets, grouping, _loss, _leaves);
+            using var _ = no_grad();
+
             // Σ_g (f_g / E)·grad_g, added onto the noise in place.
             var weights = (grads.ClipFactors(c) / Settings.ExpectedBatchSize).to(parameters[0].dtype);
             for (var i = 0; i < parameters.Count; i++)
             {
                 views[i].view(-1).addmv_(grads.FoldedGradient(i).view(grouping.GroupCount, -1).t(), weights);
             }
+
+            var real = grouping.RealGroupCount;
+            groups += real;
+            slices += grouping.GroupIndex.Count(g => g < real);
+            clipped += (int)(grads.Norms().narrow(0, 0, real) > c).sum().item<long>();
+            lossSum += grads.GroupLosses.narrow(0, 0, real).sum().item<double>();
         }
 
         for (var i = 0; i < parameters.Count; i++)
@@ -117,9 +168,7 @@ public sealed class DpGradientEngine : IDisposable
             parameters[i].grad = views[i];
         }
 
-        var clipped = grouping.GroupCount == 0 ? 0 : (int)(grads.Norms() > c).sum().item<long>();
-        var lossSum = grouping.GroupCount == 0 ? 0 : grads.GroupLosses.sum().item<double>();
-        return new DpStepStats(grouping.GroupCount, grouping.SampleCount, lossSum, clipped);
+        return new DpStepStats(groups, slices, lossSum, clipped);
     }
 
     private Tensor[] GradientViews(IReadOnlyList<Tensor> parameters)
@@ -156,39 +205,15 @@ public sealed class DpGradientEngine : IDisposable
             return;
         }
 
-        // normal_ on a CPU generator is serial; independent streams over disjoint chunks run in parallel.
-        var total = buffer.numel();
-        var chunk = (total + NoiseStreams - 1) / NoiseStreams;
-        void Fill(int s)
-        {
-            var start = Math.Min(total, s * chunk);
-            var length = Math.Min(chunk, total - start);
-            if (length > 0)
-            {
-                using var part = buffer.narrow(0, start, length);
-                part.normal_(0, std, _generators[s]);
-            }
-        }
-
-        if (buffer.device_type == DeviceType.CPU)
-        {
-            Parallel.For(0, NoiseStreams, Fill);
-        }
-        else
-        {
-            for (var s = 0; s < NoiseStreams; s++)
-            {
-                Fill(s);
-            }
-        }
+        _noise.Fill(buffer, std);
     }
 
     /// <inheritdoc/>
     public void Dispose()
     {
-        foreach (var g in _generators)
+        if (_ownsNoise)
         {
-            g.Dispose();
+            _noise.Dispose();
         }
 
         _leaves.Dispose();

@@ -18,11 +18,12 @@ public enum GroupReduction
 /// </summary>
 public sealed class SliceGrouping
 {
-    private SliceGrouping(int[] groupIndex, int groupCount, GroupReduction reduction)
+    private SliceGrouping(int[] groupIndex, int groupCount, GroupReduction reduction, int paddingGroups)
     {
         GroupIndex = groupIndex;
         GroupCount = groupCount;
         Reduction = reduction;
+        PaddingGroups = paddingGroups;
         var members = new List<int>[groupCount];
         for (var g = 0; g < groupCount; g++)
         {
@@ -38,7 +39,7 @@ public sealed class SliceGrouping
         SlotsPerGroup = groupCount == 0 ? 0 : SlicesPerGroup.Max();
         SlotSample = new long[SlotsPerGroup * groupCount];
         SlotWeight = new double[SlotsPerGroup * groupCount];
-        IsIdentity = SlotsPerGroup == 1 && groupIndex.Select((g, i) => g == i).All(x => x);
+        IsIdentity = paddingGroups == 0 && SlotsPerGroup == 1 && groupIndex.Select((g, i) => g == i).All(x => x);
         for (var j = 0; j < SlotsPerGroup; j++)
         {
             for (var g = 0; g < groupCount; g++)
@@ -46,7 +47,7 @@ public sealed class SliceGrouping
                 var slot = (j * groupCount) + g;
                 var m = members[g];
                 SlotSample[slot] = j < m.Count ? m[j] : m[0];
-                SlotWeight[slot] = j >= m.Count ? 0 : reduction == GroupReduction.Mean ? 1.0 / m.Count : 1.0;
+                SlotWeight[slot] = j >= m.Count || g >= groupCount - paddingGroups ? 0 : reduction == GroupReduction.Mean ? 1.0 / m.Count : 1.0;
             }
         }
     }
@@ -58,7 +59,16 @@ public sealed class SliceGrouping
     /// <param name="groupIndex">One group number per sample.</param>
     /// <param name="reduction">How a group's slice losses combine.</param>
     /// <param name="maxSlicesPerGroup">Refuse groups with more slices (the DP sensitivity assumes a bound on what a patient contributes per step); 0 for no limit.</param>
-    public static SliceGrouping Create(IReadOnlyList<int> groupIndex, GroupReduction reduction = GroupReduction.Sum, int maxSlicesPerGroup = 0)
+    public static SliceGrouping Create(IReadOnlyList<int> groupIndex, GroupReduction reduction = GroupReduction.Sum, int maxSlicesPerGroup = 0) =>
+        Create(groupIndex, reduction, maxSlicesPerGroup, 0);
+
+    /// <summary>
+    /// As <see cref="Create(IReadOnlyList{int}, GroupReduction, int)"/>, with the last <paramref name="paddingGroups"/>
+    /// groups as padding: their slots weigh 0, so their gradient is exactly zero and they change no sum. Padding keeps
+    /// the folded pass at a few fixed group counts (a Poisson batch has a random size), which spares libtorch a new
+    /// set of convolution primitives for every count and keeps the CPU heap from fragmenting.
+    /// </summary>
+    public static SliceGrouping Create(IReadOnlyList<int> groupIndex, GroupReduction reduction, int maxSlicesPerGroup, int paddingGroups)
     {
         ArgumentNullException.ThrowIfNull(groupIndex);
         var index = groupIndex.ToArray();
@@ -87,7 +97,12 @@ public sealed class SliceGrouping
                 $"a group has {counts.Max()} slices, more than the limit of {maxSlicesPerGroup} per group.", nameof(groupIndex));
         }
 
-        return new SliceGrouping(index, groupCount, reduction);
+        if (paddingGroups < 0 || paddingGroups > groupCount)
+        {
+            throw new ArgumentOutOfRangeException(nameof(paddingGroups), paddingGroups, $"padding must be 0..{groupCount} of the {groupCount} groups.");
+        }
+
+        return new SliceGrouping(index, groupCount, reduction, paddingGroups);
     }
 
     /// <summary>Each sample in its own group (sample-level DP, or one slice per patient).</summary>
@@ -101,6 +116,12 @@ public sealed class SliceGrouping
 
     /// <summary>Number of samples.</summary>
     public int SampleCount => GroupIndex.Count;
+
+    /// <summary>Trailing groups that are padding (weight 0).</summary>
+    public int PaddingGroups { get; }
+
+    /// <summary>Groups that are not padding.</summary>
+    public int RealGroupCount => GroupCount - PaddingGroups;
 
     /// <summary>Slices in each group.</summary>
     public IReadOnlyList<int> SlicesPerGroup { get; }

@@ -113,6 +113,7 @@ public static partial class TorchRuntime
         var patch = EnsureShimLoadable(shim, libStdCxx, tried, log);
 
         var (directory, source, libraries) = ChooseLibTorch(settings, probeDirectories, tried);
+        tried.Add(OpenMpSettings.EnsurePassiveWaiting());
         foreach (var library in libraries)
         {
             Preload(library, tried, _ => "check that " + directory + " is a complete libtorch for linux-x64; a CUDA build also needs " +

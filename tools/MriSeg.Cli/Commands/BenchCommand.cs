@@ -2,6 +2,8 @@ using System.CommandLine;
 using System.Globalization;
 using System.Text.Json;
 using MriSeg.Cli.Infrastructure;
+using MriSeg.Imaging.Phantoms;
+using MriSeg.Imaging.Preprocessing;
 using MriSeg.Learning.Benchmark;
 using MriSeg.Learning.Torch;
 using MriSeg.Sealing;
@@ -10,9 +12,8 @@ using Spectre.Console;
 namespace MriSeg.Cli.Commands;
 
 /// <summary>
-/// <c>mriseg bench</c>: micro-benchmarks, one subcommand each (<c>seal</c>, <c>dp</c>; <c>preprocess</c>
-/// joins the group later). Under --json each prints one line of snake_case JSON, so a
-/// script can read the last line of the output.
+/// <c>mriseg bench</c>: micro-benchmarks, one subcommand each (<c>seal</c>, <c>dp</c>, <c>preprocess</c>).
+/// Under --json each prints one line of snake_case JSON, so a script can read the last line of the output.
 /// </summary>
 internal static class BenchCommand
 {
@@ -28,7 +29,109 @@ internal static class BenchCommand
         var command = new Command("bench", "Measure throughput of the building blocks on this machine.");
         command.Subcommands.Add(CreateSeal(app));
         command.Subcommands.Add(CreateDp(app));
+        command.Subcommands.Add(CreatePreprocess(app));
         return command;
+    }
+
+    private static Command CreatePreprocess(CliApp app)
+    {
+        var input = new Option<string>("--input")
+        {
+            Description = "Cases of .nii.gz volumes (default: phantoms generated into a temporary folder and deleted afterwards).",
+            HelpName = "DIR",
+        };
+        var size = new Option<string>("--size") { Description = "Output side in pixels, or 'native'.", HelpName = "N|native", DefaultValueFactory = _ => "128" };
+        var iterations = new Option<int>("--iterations") { Description = "Timed runs of each measurement (the best is reported).", HelpName = "N", DefaultValueFactory = _ => 3 };
+        var parallelism = new Option<int>("--parallelism")
+        {
+            Description = "Cases (and, for the decompression floor, files) processed at once.",
+            HelpName = "N",
+            DefaultValueFactory = _ => 1,
+        };
+        var sites = new Option<int>("--sites") { Description = "Phantom sites when no --input is given.", HelpName = "N", DefaultValueFactory = _ => 2 };
+        var patients = new Option<int>("--patients") { Description = "Phantom patients per site when no --input is given.", HelpName = "N", DefaultValueFactory = _ => 8 };
+
+        var command = new Command("preprocess", "Pre-processing time per volume against only decompressing the same .nii.gz files, in one run.")
+        {
+            input, size, iterations, parallelism, sites, patients,
+        };
+        app.SetAction(command, async (context, ct) =>
+        {
+            var (n, p) = (context.GetValue(iterations), context.GetValue(parallelism));
+            if (n < 1 || p < 1)
+            {
+                throw new CliException("--iterations and --parallelism must be at least 1");
+            }
+
+            var sizeValue = PreprocessCommand.ParseSize(context.GetValue(size)!);
+            var given = context.GetValue(input);
+            if (given is not null && !Directory.Exists(given))
+            {
+                throw new CliException($"--input {given}: no such folder");
+            }
+
+            var temp = given is null ? Directory.CreateTempSubdirectory("mriseg-bench-preprocess-").FullName : null;
+            try
+            {
+                var folder = given ?? temp!;
+                if (temp is not null)
+                {
+                    var (siteCount, perSite) = (context.GetValue(sites), context.GetValue(patients));
+                    if (siteCount is < 1 or > 64 || perSite is < 1 or > 1000)
+                    {
+                        throw new CliException("--sites must be 1..64 and --patients 1..1000");
+                    }
+
+                    await context.Output.StatusAsync($"generating {siteCount * perSite} phantoms in {temp}",
+                        _ => Task.Run(() => new PhantomGenerator().WriteDataset(temp, siteCount, perSite, ct), ct));
+                }
+
+                // A fixed key: the same slices are drawn in every run, so runs compare.
+                var options = new PreprocessOptions { Size = sizeValue, PseudonymKey = PseudonymKey.FromText("mriseg bench preprocess"), MaxDegreeOfParallelism = p };
+                PreprocessBenchmarkResult result;
+                try
+                {
+                    _ = PreprocessBenchmark.VolumeFiles(folder, options);
+                    result = await context.Output.StatusAsync($"benchmarking pre-processing of {folder}, best of {n}",
+                        _ => Task.Run(() => PreprocessBenchmark.Run(folder, options, n, ct), ct));
+                }
+                catch (PreprocessException e)
+                {
+                    throw new CliException(e.Message, e);
+                }
+
+                context.Output.WriteResult(PreprocessBenchResult.From(result, given is null ? "phantoms" : folder), (console, r) =>
+                {
+                    console.MarkupLine(Markup.Escape(
+                        $"{r.Cases} cases, {r.Volumes} volumes ({Output.Bytes(r.CompressedBytes)} gzipped, {Output.Bytes(r.DecompressedBytes)} decompressed), {r.Slices} slices, parallelism {r.Parallelism}, best of {r.Iterations}:"));
+                    console.MarkupLine(Markup.Escape(
+                        $"gunzip only {r.GunzipMsPerVolume} ms/volume, pre-process {r.PreprocessMsPerVolume} ms/volume: ratio {r.Ratio} ({r.RatioWithShard} with the shard written; processor-time ratio {r.CpuRatio})"));
+                    console.MarkupLine(r.MeetsTarget
+                        ? $"[green]target {r.TargetRatio.ToString(CultureInfo.InvariantCulture)}x met[/]"
+                        : $"[yellow]target {r.TargetRatio.ToString(CultureInfo.InvariantCulture)}x not met[/]");
+                }, JsonLine);
+                return ExitCodes.Success;
+            }
+            finally
+            {
+                if (temp is not null)
+                {
+                    Directory.Delete(temp, recursive: true);
+                }
+            }
+        });
+        return command;
+    }
+
+    /// <summary>The <c>bench preprocess</c> result; the last JSON line holds <c>ratio</c>.</summary>
+    internal sealed record PreprocessBenchResult(
+        string Input, int Cases, int Volumes, long CompressedBytes, long DecompressedBytes, int Slices, int Iterations, int Parallelism,
+        double GunzipMsPerVolume, double PreprocessMsPerVolume, double ShardMs, double CpuRatio, double Ratio, double RatioWithShard, double TargetRatio, bool MeetsTarget)
+    {
+        public static PreprocessBenchResult From(PreprocessBenchmarkResult r, string input) => new(
+            input, r.Cases, r.Volumes, r.CompressedBytes, r.DecompressedBytes, r.Slices, r.Iterations, r.Parallelism,
+            Math.Round(r.GunzipMsPerVolume, 3), Math.Round(r.PreprocessMsPerVolume, 3), Math.Round(1000 * r.ShardSeconds, 1),
+            Math.Round(r.CpuRatio, 3), Math.Round(r.Ratio, 3), Math.Round(r.RatioWithShard, 3), PreprocessBenchmarkResult.TargetRatio, r.MeetsTarget);
     }
 
     private static Command CreateDp(CliApp app)

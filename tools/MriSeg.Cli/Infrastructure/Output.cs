@@ -11,7 +11,7 @@ namespace MriSeg.Cli.Infrastructure;
 /// <see cref="WriteResult{T}"/> (JSON with --json, a Spectre rendering otherwise) and everything
 /// else (progress, warnings, errors) goes to stderr, so that <c>--json</c> output stays parseable.
 /// </summary>
-internal sealed class Output
+internal sealed partial class Output
 {
     public static readonly JsonSerializerOptions JsonOptions = new()
     {
@@ -146,6 +146,56 @@ internal sealed class Output
             next = watch.Elapsed + TimeSpan.FromSeconds(5);
             var percent = total > 0 ? (100.0 * done / total).ToString("0", CultureInfo.InvariantCulture) + " %" : "?";
             Progress($"{description}: {percent} ({Bytes(done)} of {Bytes(total)})");
+        }
+
+        return await work(Report);
+    }
+
+    /// <summary>
+    /// Runs <paramref name="work"/>, which reports (items done, status text), with a progress bar over
+    /// <paramref name="total"/> items on stderr when it is a terminal. Otherwise, as <see cref="ProgressAsync{T}"/>,
+    /// a plain line after 2 s and then every 5 s. The report may be called from any thread.
+    /// </summary>
+    public async Task<T> CountProgressAsync<T>(string description, int total, Func<Action<int, string>, Task<T>> work)
+    {
+        if (stderrIsTerminal)
+        {
+            return await progress.Value.Progress()
+                .AutoClear(true)
+                .HideCompleted(true)
+                .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new ElapsedTimeColumn(), new RemainingTimeColumn())
+                .StartAsync(async context =>
+                {
+                    var task = context.AddTask(Markup.Escape(description), maxValue: Math.Max(1, total));
+                    var gate = new object();
+                    var result = await work((done, status) =>
+                    {
+                        lock (gate)
+                        {
+                            task.Value = Math.Min(done, task.MaxValue);
+                            task.Description = Markup.Escape($"{description}: {status}");
+                        }
+                    });
+                    task.Value = task.MaxValue;
+                    return result;
+                });
+        }
+
+        var watch = Stopwatch.StartNew();
+        var next = TimeSpan.FromSeconds(2);
+        var lineGate = new object();
+        void Report(int done, string status)
+        {
+            lock (lineGate)
+            {
+                if (watch.Elapsed < next)
+                {
+                    return;
+                }
+
+                next = watch.Elapsed + TimeSpan.FromSeconds(5);
+                Progress($"{description}: {done} of {total}, {status}");
+            }
         }
 
         return await work(Report);

@@ -1,0 +1,194 @@
+using System.Text.Json.Serialization;
+using MriSeg.Imaging.Datasets;
+using MriSeg.Learning.Model;
+using static TorchSharp.torch;
+
+namespace MriSeg.Learning.Metrics;
+
+/// <summary>How <see cref="SegmentationEvaluator"/> predicts and scores.</summary>
+public sealed record EvaluationOptions
+{
+    /// <summary>A pixel is foreground when the model's probability exceeds this (0.5, as BraTS evaluations use).</summary>
+    public double Threshold { get; init; } = 0.5;
+
+    /// <summary>Slices per forward pass.</summary>
+    public int BatchSize { get; init; } = 32;
+
+    /// <summary>Compute HD95 (the surface distances cost more than the overlaps; validation during training may skip them).</summary>
+    public bool ComputeHd95 { get; init; } = true;
+
+    /// <summary>Test-time augmentation: average the probabilities of the slice and its left-right mirror.</summary>
+    public bool MirrorAveraging { get; init; }
+}
+
+/// <summary>One patient's scores, per label channel. Stays inside the clean room: only means leave it.</summary>
+/// <param name="PatientId">The pseudonymous id.</param>
+/// <param name="Slices">Slices scored.</param>
+/// <param name="HasTumour">Whether the truth has foreground in the first channel.</param>
+/// <param name="Dice">Dice per channel.</param>
+/// <param name="IoU">IoU per channel.</param>
+/// <param name="Hd95">HD95 per channel in pixels (NaN when not computed).</param>
+public sealed record PatientScores(string PatientId, int Slices, bool HasTumour, IReadOnlyList<double> Dice, IReadOnlyList<double> IoU, IReadOnlyList<double> Hd95);
+
+/// <summary>Means over patients (every patient weighs the same, as in BraTS).</summary>
+/// <param name="Dice">Mean Dice over patients and channels.</param>
+/// <param name="IoU">Mean IoU.</param>
+/// <param name="Hd95">Mean HD95 in pixels (NaN when not computed).</param>
+/// <param name="Patients">Patients scored.</param>
+/// <param name="Slices">Slices scored.</param>
+/// <param name="Channels">The label channel names.</param>
+/// <param name="DicePerChannel">Mean Dice of each channel.</param>
+/// <param name="IoUPerChannel">Mean IoU of each channel.</param>
+/// <param name="Hd95PerChannel">Mean HD95 of each channel.</param>
+public sealed record MetricSummary(
+    double Dice,
+    [property: JsonPropertyName("iou")] double IoU,
+    double Hd95,
+    int Patients,
+    int Slices,
+    IReadOnlyList<string> Channels,
+    IReadOnlyList<double> DicePerChannel,
+    [property: JsonPropertyName("iou_per_channel")] IReadOnlyList<double> IoUPerChannel,
+    IReadOnlyList<double> Hd95PerChannel)
+{
+    /// <summary>Means of per-patient scores.</summary>
+    public static MetricSummary From(IReadOnlyList<PatientScores> patients, IReadOnlyList<string> channels)
+    {
+        ArgumentNullException.ThrowIfNull(patients);
+        ArgumentNullException.ThrowIfNull(channels);
+        if (patients.Count == 0)
+        {
+            throw new ArgumentException("no patients to summarise", nameof(patients));
+        }
+
+        var k = channels.Count;
+        double[] Mean(Func<PatientScores, IReadOnlyList<double>> pick) =>
+            [.. Enumerable.Range(0, k).Select(c => patients.Average(p => pick(p)[c]))];
+        var dice = Mean(p => p.Dice);
+        var iou = Mean(p => p.IoU);
+        var hd = Mean(p => p.Hd95);
+        return new MetricSummary(dice.Average(), iou.Average(), hd.Average(), patients.Count, patients.Sum(p => p.Slices), [.. channels], dice, iou, hd);
+    }
+}
+
+/// <summary>Per-patient scores and their means.</summary>
+/// <param name="Summary">The means.</param>
+/// <param name="Patients">Each patient's scores (never to leave the clean room).</param>
+public sealed record EvaluationResult(MetricSummary Summary, IReadOnlyList<PatientScores> Patients);
+
+/// <summary>
+/// Runs a model over every slice of a dataset and scores each patient over all of its slices stacked
+/// (<see cref="SegmentationMetrics"/>: Dice, IoU, HD95 per label channel, BraTS conventions for empty masks).
+/// </summary>
+public static class SegmentationEvaluator
+{
+    /// <summary>Predicts binary masks [N, K, H, W] (0/1) for every slice of <paramref name="data"/>.</summary>
+    public static byte[] Predict(UNet2d model, SliceDataset data, EvaluationOptions? options = null)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        ArgumentNullException.ThrowIfNull(data);
+        options ??= new EvaluationOptions();
+        ArgumentOutOfRangeException.ThrowIfLessThan(options.BatchSize, 1);
+        if (!(options.Threshold > 0 && options.Threshold < 1))
+        {
+            throw new ArgumentOutOfRangeException(nameof(options), options.Threshold, "the threshold must be in (0, 1).");
+        }
+
+        if (data.Channels != model.Config.InChannels || data.LabelChannels != model.Config.OutChannels)
+        {
+            throw new ArgumentException(
+                $"the data has {data.Channels} image and {data.LabelChannels} label channels; the model takes {model.Config.InChannels} and predicts {model.Config.OutChannels}.");
+        }
+
+        var masks = new byte[data.Masks.Length];
+        var maskValues = data.LabelChannels * data.Plane;
+        var device = model.ParameterDevice;
+        var dtype = model.ParameterDType;
+        using var _ = no_grad();
+        for (var start = 0; start < data.Count; start += options.BatchSize)
+        {
+            using var scope = NewDisposeScope();
+            var n = Math.Min(options.BatchSize, data.Count - start);
+            var x = Training.SliceTensors.Images(data, Enumerable.Range(start, n).ToList()).to(dtype, device);
+            var probabilities = Probabilities(model, x);
+            if (options.MirrorAveraging)
+            {
+                probabilities = (probabilities + Probabilities(model, x.flip(3)).flip(3)) / 2;
+            }
+
+            var predicted = probabilities.gt(options.Threshold).to(ScalarType.Byte).cpu();
+            predicted.bytes.CopyTo(masks.AsSpan(start * maskValues, n * maskValues));
+        }
+
+        return masks;
+    }
+
+    /// <summary>Predicts and scores every patient of <paramref name="data"/>.</summary>
+    public static EvaluationResult Evaluate(UNet2d model, SliceDataset data, EvaluationOptions? options = null)
+    {
+        options ??= new EvaluationOptions();
+        var predicted = Predict(model, data, options);
+        return Score(predicted, data, options.ComputeHd95);
+    }
+
+    /// <summary>Scores predicted masks [N, K, H, W] against the dataset's masks, per patient.</summary>
+    public static EvaluationResult Score(byte[] predicted, SliceDataset data, bool computeHd95 = true)
+    {
+        ArgumentNullException.ThrowIfNull(predicted);
+        ArgumentNullException.ThrowIfNull(data);
+        if (predicted.Length != data.Masks.Length)
+        {
+            throw new ArgumentException($"{predicted.Length} predicted values for {data.Masks.Length} mask values.", nameof(predicted));
+        }
+
+        var byPatient = data.SlicesByPatient();
+        var channels = data.LabelChannels;
+        var plane = data.Plane;
+        var scores = new PatientScores?[byPatient.Length];
+        Parallel.For(0, byPatient.Length, p =>
+        {
+            var slices = byPatient[p];
+            if (slices.Length == 0)
+            {
+                return;
+            }
+
+            var n = slices.Length * plane;
+            var prediction = new byte[n];
+            var truth = new byte[n];
+            var dice = new double[channels];
+            var iou = new double[channels];
+            var hd = new double[channels];
+            var hasTumour = false;
+            for (var c = 0; c < channels; c++)
+            {
+                for (var s = 0; s < slices.Length; s++)
+                {
+                    var offset = ((slices[s] * channels) + c) * plane;
+                    predicted.AsSpan(offset, plane).CopyTo(prediction.AsSpan(s * plane));
+                    data.Masks.AsSpan(offset, plane).CopyTo(truth.AsSpan(s * plane));
+                }
+
+                if (c == 0)
+                {
+                    hasTumour = truth.AsSpan().ContainsAnyExcept((byte)0);
+                }
+
+                dice[c] = SegmentationMetrics.Dice(prediction, truth);
+                iou[c] = SegmentationMetrics.IoU(prediction, truth);
+                hd[c] = computeHd95 ? SegmentationMetrics.Hd95(prediction, truth, slices.Length, data.Height, data.Width) : double.NaN;
+            }
+
+            scores[p] = new PatientScores(data.PatientIds[p], slices.Length, hasTumour, dice, iou, hd);
+        });
+
+        var patients = scores.OfType<PatientScores>().ToList();
+        return new EvaluationResult(MetricSummary.From(patients, data.Labels.Channels()), patients);
+    }
+
+    private static Tensor Probabilities(UNet2d model, Tensor x) => model.Config.FinalActivation switch
+    {
+        UNetOutput.Logits => model.ForwardLogits(x).sigmoid(),
+        _ => model.forward(x),
+    };
+}

@@ -1,0 +1,83 @@
+using static TorchSharp.torch;
+using F = TorchSharp.torch.nn.functional;
+
+namespace MriSeg.Learning.Training;
+
+/// <summary>
+/// Random per-slice augmentation on a batch: one affine resampling (flips, rotation, isotropic scale; bilinear for
+/// images, nearest for masks, zero outside the field of view) and a per-channel intensity gain and offset on brain
+/// pixels (where any channel is non-zero; the background stays 0 as pre-processing leaves it). Each slice of the
+/// batch, including each augmented copy of the same slice, draws its own parameters.
+/// </summary>
+public sealed class SliceAugmenter
+{
+    private readonly AugmentationConfig _config;
+    private readonly Random _random;
+
+    /// <summary>Creates an augmenter whose draws follow <paramref name="seed"/>.</summary>
+    public SliceAugmenter(AugmentationConfig config, int seed)
+    {
+        ArgumentNullException.ThrowIfNull(config);
+        _config = config;
+        _random = new Random(seed);
+    }
+
+    /// <summary>
+    /// Augments images [n, C, H, W] and masks [n, K, H, W] (floating, 0/1) together; returns new tensors in the
+    /// caller's dispose scope (the inputs are not changed). With augmentation off, returns the inputs' aliases.
+    /// </summary>
+    public (Tensor Images, Tensor Masks) Apply(Tensor images, Tensor masks)
+    {
+        ArgumentNullException.ThrowIfNull(images);
+        ArgumentNullException.ThrowIfNull(masks);
+        if (!_config.IsEnabled || images.shape[0] == 0)
+        {
+            return (images.alias(), masks.alias());
+        }
+
+        var (n, c, h, w) = (images.shape[0], images.shape[1], images.shape[2], images.shape[3]);
+        var geometric = _config.HorizontalFlip || _config.VerticalFlip || _config.RotationDegrees > 0 || _config.Scale > 0;
+        Tensor outImages = images, outMasks = masks;
+        if (geometric)
+        {
+            var theta = new float[n * 6];
+            for (var i = 0; i < n; i++)
+            {
+                var fx = _config.HorizontalFlip && _random.NextDouble() < 0.5 ? -1.0 : 1.0;
+                var fy = _config.VerticalFlip && _random.NextDouble() < 0.5 ? -1.0 : 1.0;
+                var angle = (2 * _random.NextDouble() - 1) * _config.RotationDegrees * Math.PI / 180;
+                var scale = 1 + ((2 * _random.NextDouble() - 1) * _config.Scale);
+                var (sin, cos) = Math.SinCos(angle);
+
+                // Output → input sampling in normalised coordinates; the aspect terms keep the rotation rigid in pixels.
+                theta[(6 * i) + 0] = (float)(cos * fx / scale);
+                theta[(6 * i) + 1] = (float)(-sin * fy / scale * h / w);
+                theta[(6 * i) + 3] = (float)(sin * fx / scale * w / h);
+                theta[(6 * i) + 4] = (float)(cos * fy / scale);
+            }
+
+            var t = tensor(theta, [n, 2, 3]).to(images.dtype, images.device);
+            var grid = F.affine_grid(t, [n, c, h, w], align_corners: false);
+            outImages = F.grid_sample(images, grid, GridSampleMode.Bilinear, GridSamplePaddingMode.Zeros, align_corners: false);
+            outMasks = F.grid_sample(masks, grid.to(masks.dtype), GridSampleMode.Nearest, GridSamplePaddingMode.Zeros, align_corners: false);
+        }
+
+        if (_config.IntensityScale > 0 || _config.IntensityShift > 0)
+        {
+            var gains = new float[n * c];
+            var offsets = new float[n * c];
+            for (var i = 0; i < gains.Length; i++)
+            {
+                gains[i] = (float)(1 + ((2 * _random.NextDouble() - 1) * _config.IntensityScale));
+                offsets[i] = (float)((2 * _random.NextDouble() - 1) * _config.IntensityShift);
+            }
+
+            var brain = outImages.ne(0).any(1, keepdim: true).to(images.dtype);
+            var gain = tensor(gains, [n, c, 1, 1]).to(images.dtype, images.device);
+            var offset = tensor(offsets, [n, c, 1, 1]).to(images.dtype, images.device);
+            outImages = (outImages * gain) + (offset * brain);
+        }
+
+        return (ReferenceEquals(outImages, images) ? images.alias() : outImages, ReferenceEquals(outMasks, masks) ? masks.alias() : outMasks);
+    }
+}

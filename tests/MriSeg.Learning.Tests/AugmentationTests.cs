@@ -1,0 +1,100 @@
+using MriSeg.Learning.Training;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace MriSeg.Learning.Tests;
+
+[Collection(TorchCollection.Name)]
+public sealed class AugmentationTests(TorchRuntimeFixture fixture)
+{
+    /// <summary>A batch of asymmetric images (brain = non-zero square) and masks.</summary>
+    private static (Tensor Images, Tensor Masks) Batch(int n, int channels = 2, int size = 16)
+    {
+        using var generator = new Generator(3);
+        var images = randn([n, channels, size, size], generator: generator);
+        var brain = zeros([n, 1, size, size]);
+        brain[.., .., 2..14, 1..13] = 1;
+        var masks = (rand([n, 1, size, size], generator: generator) > 0.7).to(ScalarType.Float32) * brain;
+        return ((images * brain).DetachFromDisposeScope(), masks.DetachFromDisposeScope());
+    }
+
+    [Fact]
+    public void Disabled_augmentation_returns_the_batch_unchanged()
+    {
+        Assert.NotNull(fixture.Info);
+        using var scope = NewDisposeScope();
+        var (x, y) = Batch(4);
+        var (ax, ay) = new SliceAugmenter(AugmentationConfig.None, 1).Apply(x, y);
+        Assert.True(ax.equal(x).all().item<bool>());
+        Assert.True(ay.equal(y).all().item<bool>());
+    }
+
+    [Fact]
+    public void Flips_mirror_image_and_mask_together_exactly()
+    {
+        using var scope = NewDisposeScope();
+        var (x, y) = Batch(64);
+        var config = AugmentationConfig.None with { HorizontalFlip = true };
+        var (ax, ay) = new SliceAugmenter(config, 5).Apply(x, y);
+        int mirrored = 0, kept = 0;
+        for (var i = 0; i < 64; i++)
+        {
+            var sameImage = ax[i].allclose(x[i], 1e-5, 1e-5);
+            var flippedImage = ax[i].allclose(x[i].flip(2), 1e-5, 1e-5);
+            Assert.True(sameImage ^ flippedImage, $"slice {i} is neither the input nor its mirror");
+            Assert.True(ay[i].equal(flippedImage ? y[i].flip(2) : y[i]).all().item<bool>(), $"slice {i}: the mask did not follow the image");
+            (mirrored, kept) = flippedImage ? (mirrored + 1, kept) : (mirrored, kept + 1);
+        }
+
+        Assert.InRange(mirrored, 16, 48);
+        Assert.InRange(kept, 16, 48);
+    }
+
+    [Fact]
+    public void Rotation_and_scaling_keep_masks_binary_and_the_background_zero()
+    {
+        using var scope = NewDisposeScope();
+        var (x, y) = Batch(16);
+        var config = new AugmentationConfig { RotationDegrees = 30, Scale = 0.2, IntensityScale = 0.2, IntensityShift = 0.5 };
+        var (ax, ay) = new SliceAugmenter(config, 9).Apply(x, y);
+        Assert.Equal(x.shape, ax.shape);
+        Assert.True((ay.eq(0) | ay.eq(1)).all().item<bool>(), "nearest resampling must keep masks 0/1");
+        Assert.False(ax.allclose(x), "nothing changed");
+
+        // Pixels where every channel is 0 (outside the brain or the field of view) stay 0 despite the intensity offset.
+        var background = ax.eq(0).all(1, keepdim: true);
+        Assert.True(background.sum().item<long>() > 16 * 16 * 2, "no background left to check");
+        Assert.True(ax.masked_select(background.expand_as(ax)).eq(0).all().item<bool>());
+
+        // Each copy draws its own transform: two identical slices come out different.
+        var twins = x[0..1].expand(2, -1, -1, -1).contiguous();
+        var (tx, _) = new SliceAugmenter(config, 2).Apply(twins, y[0..1].expand(2, -1, -1, -1).contiguous());
+        Assert.False(tx[0].allclose(tx[1]));
+    }
+
+    [Fact]
+    public void Intensity_jitter_is_a_per_channel_gain_and_offset_on_brain_pixels()
+    {
+        using var scope = NewDisposeScope();
+        var (x, y) = Batch(8, channels: 3);
+        var config = AugmentationConfig.None with { IntensityScale = 0.3, IntensityShift = 0.4 };
+        var (ax, ay) = new SliceAugmenter(config, 4).Apply(x, y);
+        Assert.True(ay.equal(y).all().item<bool>());
+        var brain = x.ne(0).any(1, keepdim: true);
+        for (var i = 0; i < 8; i++)
+        {
+            for (var c = 0; c < 3; c++)
+            {
+                // Fit out = a·in + b on two brain pixels and check it holds everywhere in the brain.
+                var inside = brain[i, 0];
+                var input = x[i, c].masked_select(inside);
+                var result = ax[i, c].masked_select(inside);
+                var a = ((result[1] - result[0]) / (input[1] - input[0])).item<float>();
+                var b = (result[0] - (a * input[0])).item<float>();
+                Assert.InRange(a, 0.7f - 1e-4f, 1.3f + 1e-4f);
+                Assert.InRange(b, -0.4f - 1e-4f, 0.4f + 1e-4f);
+                Assert.True(result.allclose((input * a) + b, 1e-4, 1e-4));
+            }
+        }
+    }
+}

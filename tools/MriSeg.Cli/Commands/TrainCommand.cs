@@ -1,0 +1,338 @@
+using System.CommandLine;
+using System.Globalization;
+using System.Text.Json;
+using MriSeg.Cli.Infrastructure;
+using MriSeg.Imaging.Datasets;
+using MriSeg.Learning.Torch;
+using MriSeg.Learning.Training;
+using Spectre.Console;
+
+namespace MriSeg.Cli.Commands;
+
+/// <summary>
+/// <c>mriseg train</c>: local (cleartext) training on dataset shards, patient-level DP-SGD by default
+/// (<c>--epsilon/--delta</c>) or <c>--non-private</c>; writes model.safetensors, config.json, model.json,
+/// metrics.json and curves.png. <c>mriseg evaluate</c>: scores a model folder on shards.
+/// </summary>
+internal static class TrainCommand
+{
+    public static Command Create(CliApp app)
+    {
+        var data = new Option<string>("--data") { Description = "Dataset shards (safetensors), comma-separated; they are joined (one per provider).", Required = true, HelpName = "A.safetensors[,B...]" };
+        var output = new Option<string>("--out") { Description = "Output folder (created; existing outputs are replaced).", Required = true, HelpName = "DIR" };
+        var epsilon = new Option<double?>("--epsilon") { Description = "DP-SGD with this epsilon budget for the whole run.", HelpName = "E" };
+        var delta = new Option<double?>("--delta") { Description = "DP delta (below 1/training patients).", HelpName = "D" };
+        var nonPrivate = new Option<bool>("--non-private") { Description = "Ordinary training without clipping or noise (baselines only)." };
+        var epochs = new Option<double?>("--epochs") { Description = "Planned epochs (DP: ceil(epochs/q) steps).", HelpName = "N" };
+        var batch = new Option<int?>("--batch") { Description = "Expected patients per step: q = B / training patients.", HelpName = "B" };
+        var device = DeviceOption();
+        var config = new Option<string?>("--config") { Description = "Training configuration (JSON, see libs/MriSeg.Learning/README.md); the options above override it.", HelpName = "FILE" };
+        var seed = new Option<ulong?>("--seed") { Description = "Seed of the split, initial weights, slice choice and augmentation (DP noise and sampling are never seeded).", HelpName = "S" };
+        var logEvery = new Option<int>("--log-every") { Description = "Print a step line every N steps (0: about five per epoch).", HelpName = "N", DefaultValueFactory = _ => 0 };
+
+        var command = new Command("train", "Train the U-Net locally on dataset shards with patient-level DP-SGD (or --non-private); writes the model, metrics.json and curves.png.")
+        {
+            data, output, epsilon, delta, nonPrivate, epochs, batch, device, config, seed, logEvery,
+        };
+        app.SetAction(command, async (context, cancellationToken) =>
+        {
+            var recipe = BuildConfig(context.GetValue(config), context.GetValue(epsilon), context.GetValue(delta), context.GetValue(nonPrivate),
+                context.GetValue(epochs), context.GetValue(batch), context.GetValue(seed));
+            var dataset = LoadShards(context.GetValue(data)!);
+            var chosen = InitializeDevice(context.GetValue(device));
+            var outDir = context.GetValue(output)!;
+            var split = PatientSplit.Create(dataset, recipe.Split.ValidationFraction, recipe.Split.TestFraction, recipe.Seed, recipe.Split.Stratify);
+            TrainingPlan plan;
+            try
+            {
+                SegmentationTrainer.ResolveModel(recipe, dataset);
+                plan = SegmentationTrainer.Plan(recipe, split.Train.Count);
+            }
+            catch (ArgumentException e)
+            {
+                throw new CliException(e.Message);
+            }
+
+            context.Output.Progress(
+                $"data: {dataset.PatientIds.Count} patients, {dataset.Count} slices ({dataset.TumourSlices} with tumour), {dataset.Describe()}; " +
+                $"split {split.Train.Count} train / {split.Validation.Count} validation / {split.Test.Count} test patients");
+            context.Output.Progress(Describe(plan) + $"; device {chosen}");
+            var every = context.GetValue(logEvery);
+            var stepLines = every > 0 ? every : Math.Max(1, (int)Math.Round(plan.StepsPerEpoch / 5.0));
+
+            LocalTrainingResult run;
+            try
+            {
+                run = await context.Output.StepsAsync("training", plan.PlannedSteps, reporter => Task.Run(
+                    () => LocalTraining.Run(dataset, recipe, new TrainingOptions
+                    {
+                        Device = chosen,
+                        CancellationToken = cancellationToken,
+                        Progress = p => Report(reporter, p, stepLines),
+                    }),
+                    cancellationToken));
+            }
+            catch (ArgumentException e)
+            {
+                throw new CliException(e.Message);
+            }
+
+            using (run)
+            {
+                var paths = TrainingOutputs.Write(outDir, run);
+                var metrics = TrainingOutputs.Metrics(run);
+                context.Output.WriteResult(metrics, (console, m) => Render(console, m, outDir, paths), TrainingOutputs.JsonOptions);
+            }
+
+            return ExitCodes.Success;
+        });
+        return command;
+    }
+
+    public static Command CreateEvaluate(CliApp app)
+    {
+        var model = new Option<string>("--model") { Description = "Model folder (model.safetensors, and model.json or config.json).", Required = true, HelpName = "DIR" };
+        var data = new Option<string>("--data") { Description = "Dataset shards, comma-separated; every patient is scored.", Required = true, HelpName = "FILE[,FILE...]" };
+        var device = DeviceOption();
+        var threshold = new Option<double>("--threshold") { Description = "Probability above which a pixel is tumour.", HelpName = "T", DefaultValueFactory = _ => 0.5 };
+        var command = new Command("evaluate", "Score a model on every patient of dataset shards: mean Dice, IoU and HD95 over patients (BraTS conventions).")
+        {
+            model, data, device, threshold,
+        };
+        app.SetAction(command, async (context, cancellationToken) =>
+        {
+            var folder = context.GetValue(model)!;
+            var t = context.GetValue(threshold);
+            if (!(t > 0 && t < 1))
+            {
+                throw new CliException("--threshold must be in (0, 1)");
+            }
+
+            if (!File.Exists(Path.Combine(folder, MriSeg.Learning.Model.UNetModelFile.WeightsFileName)))
+            {
+                throw new CliException($"{folder}: no {MriSeg.Learning.Model.UNetModelFile.WeightsFileName} (not a model folder)");
+            }
+
+            var dataset = LoadShards(context.GetValue(data)!);
+            var chosen = InitializeDevice(context.GetValue(device));
+            ModelManifest? manifest;
+            try
+            {
+                manifest = TrainingOutputs.ReadManifest(folder);
+            }
+            catch (FormatException e)
+            {
+                throw new CliException(e.Message);
+            }
+
+            if (manifest is not null && !manifest.Input.Modalities.SequenceEqual(dataset.Modalities, StringComparer.OrdinalIgnoreCase))
+            {
+                throw new CliException(
+                    $"the model was trained on modalities {string.Join(',', manifest.Input.Modalities)}; the data has {string.Join(',', dataset.Modalities)}");
+            }
+
+            if (manifest is not null && (manifest.Input.Height != dataset.Height || manifest.Input.Width != dataset.Width))
+            {
+                context.Output.Warn($"the model was trained on {manifest.Input.Height}x{manifest.Input.Width} slices; the data is {dataset.Height}x{dataset.Width}");
+            }
+
+            var result = await context.Output.StatusAsync($"evaluating {folder} on {dataset.PatientIds.Count} patients", _ => Task.Run(() =>
+            {
+                MriSeg.Learning.Model.UNet2d unet;
+                try
+                {
+                    unet = MriSeg.Learning.Model.UNetModelFile.Load(folder, TorchSharp.torch.ScalarType.Float32, chosen);
+                }
+                catch (Exception e) when (e is FormatException or IOException or MriSeg.Imaging.Formats.SafeTensorsFormatException)
+                {
+                    throw new CliException($"{folder}: {e.Message}");
+                }
+
+                using (unet)
+                {
+                    try
+                    {
+                        return MriSeg.Learning.Metrics.SegmentationEvaluator.Evaluate(unet, dataset, new MriSeg.Learning.Metrics.EvaluationOptions { Threshold = t });
+                    }
+                    catch (ArgumentException e)
+                    {
+                        throw new CliException(e.Message);
+                    }
+                }
+            }, cancellationToken));
+            var s = result.Summary;
+            context.Output.WriteResult(
+                new EvaluateResult(s.Dice, s.IoU, s.Hd95, s.Patients, s.Slices, s.Channels, s.DicePerChannel),
+                (console, r) => console.MarkupLine(Markup.Escape(
+                    string.Create(CultureInfo.InvariantCulture, $"{r.Patients} patients, {r.Slices} slices: Dice {r.Dice:0.0000}, IoU {r.Iou:0.0000}, HD95 {r.Hd95:0.00} px (means over patients)"))),
+                TrainingOutputs.JsonOptions);
+            return ExitCodes.Success;
+        });
+        return command;
+    }
+
+    /// <summary>The <c>evaluate</c> result.</summary>
+    internal sealed record EvaluateResult(double Dice, double Iou, double Hd95, int Patients, int Slices, IReadOnlyList<string> Channels, IReadOnlyList<double> DicePerChannel);
+
+    internal static TrainingConfig BuildConfig(string? path, double? epsilon, double? delta, bool nonPrivate, double? epochs, int? batch, ulong? seed)
+    {
+        TrainingConfig config;
+        try
+        {
+            config = path is null ? new TrainingConfig() : TrainingConfig.Load(path);
+        }
+        catch (Exception e) when (e is FormatException or ArgumentException or IOException)
+        {
+            throw new CliException($"{path}: {e.Message}");
+        }
+
+        if (nonPrivate && (epsilon is not null || delta is not null))
+        {
+            throw new CliException("give --epsilon/--delta for DP training or --non-private, not both");
+        }
+
+        var privacy = config.Privacy;
+        if (nonPrivate)
+        {
+            privacy = privacy with { Mode = PrivacyMode.NonPrivate };
+        }
+        else if (epsilon is not null || delta is not null)
+        {
+            privacy = privacy with { Mode = PrivacyMode.Dp, Epsilon = epsilon ?? privacy.Epsilon, Delta = delta ?? privacy.Delta };
+        }
+
+        config = config with
+        {
+            Privacy = privacy,
+            Epochs = epochs ?? config.Epochs,
+            BatchSize = batch ?? config.BatchSize,
+            Seed = seed ?? config.Seed,
+        };
+        try
+        {
+            config.Validate();
+        }
+        catch (ArgumentException e)
+        {
+            throw new CliException(e.Message);
+        }
+
+        return config;
+    }
+
+    internal static SliceDataset LoadShards(string list)
+    {
+        var files = list.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+        if (files.Length == 0)
+        {
+            throw new CliException("--data names no file");
+        }
+
+        var parts = new List<SliceDataset>();
+        foreach (var file in files)
+        {
+            if (Directory.Exists(file))
+            {
+                throw new CliException($"{file} is a folder; give dataset shards (.safetensors) until `mriseg preprocess` writes them from raw folders");
+            }
+
+            if (!File.Exists(file))
+            {
+                throw new CliException($"{file}: no such file");
+            }
+
+            try
+            {
+                parts.Add(DatasetShard.Load(file));
+            }
+            catch (DatasetSchemaException e)
+            {
+                throw new CliException(e.Message);
+            }
+        }
+
+        try
+        {
+            return SliceDataset.Concat(parts);
+        }
+        catch (DatasetSchemaException e)
+        {
+            throw new CliException(e.Message);
+        }
+    }
+
+    private static Option<string> DeviceOption()
+    {
+        var device = new Option<string>("--device") { Description = "cpu or cuda; default: the device MRISEG_DEVICE selects.", HelpName = "cpu|cuda" };
+        device.AcceptOnlyFromAmong("cpu", "cuda");
+        return device;
+    }
+
+    private static TorchSharp.torch.Device InitializeDevice(string? requested)
+    {
+        TorchBackendInfo backend;
+        try
+        {
+            backend = TorchRuntime.Initialize();
+        }
+        catch (TorchUnavailableException e)
+        {
+            throw new CliException(e.Message.Split('\n')[0].Trim());
+        }
+
+        MriSeg.Learning.Performance.CpuAllocator.KeepFreedMemory();
+        return requested switch
+        {
+            "cpu" => new TorchSharp.torch.Device("cpu"),
+            "cuda" when !backend.CudaAvailable => throw new CliException($"--device cuda: CUDA is not available with libtorch from {backend.LibTorchSource}"),
+            "cuda" => new TorchSharp.torch.Device("cuda"),
+            _ => backend.CreateDevice(),
+        };
+    }
+
+    private static string Describe(TrainingPlan plan) => plan.Mode == PrivacyMode.Dp
+        ? string.Create(CultureInfo.InvariantCulture,
+            $"plan: DP-SGD, {plan.TrainingPatients} training patients, q = {plan.SampleRate:G4}, sigma = {plan.NoiseMultiplier:G4}, C = {plan.ClipNorm:G4}, {plan.PlannedSteps} steps ({plan.StepsPerEpoch} per epoch), epsilon {plan.PlannedEpsilon:G4} of {plan.TargetEpsilon:G4} at delta {plan.Delta:G3} ({plan.Accountant.ToString().ToLowerInvariant()})")
+        : string.Create(CultureInfo.InvariantCulture,
+            $"plan: non-private, {plan.TrainingPatients} training patients, {plan.PlannedSteps} steps ({plan.StepsPerEpoch} per epoch)");
+
+    private static void Report(IStepReporter reporter, TrainingProgress p, int stepLines)
+    {
+        var eps = p.Epsilon is { } e ? string.Create(CultureInfo.InvariantCulture, $", eps {e:0.000}") : "";
+        if (p.Kind == TrainingEventKind.Step)
+        {
+            reporter.Update(p.Step, string.Create(CultureInfo.InvariantCulture, $"epoch {p.Epoch} loss {p.Loss:0.0000}{eps}"));
+            if (p.Step % stepLines == 0)
+            {
+                reporter.Line(string.Create(CultureInfo.InvariantCulture,
+                    $"step {p.Step}/{p.TotalSteps} epoch {p.Epoch}: loss {p.Loss:0.0000}{eps}, {p.Patients} patients, {p.Slices} slices, lr {p.LearningRate:G3}, {p.SamplesPerSecond:0.0} slices/s"));
+            }
+        }
+        else
+        {
+            var dice = p.ValidationDice is { } d ? string.Create(CultureInfo.InvariantCulture, $", validation Dice {d:0.0000}") : "";
+            reporter.Line(string.Create(CultureInfo.InvariantCulture,
+                $"epoch {p.Epoch} ({p.Step}/{p.TotalSteps} steps, {p.ElapsedSeconds:0} s): loss {p.Loss:0.0000}{dice}{eps}, {p.SamplesPerSecond:0.0} slices/s"));
+        }
+    }
+
+    private static void Render(IAnsiConsole console, RunMetrics m, string outDir, IReadOnlyList<string> paths)
+    {
+        static string F(double? v, string format) => v is { } x ? x.ToString(format, CultureInfo.InvariantCulture) : "-";
+        var table = new Table().Border(TableBorder.Rounded).AddColumn("measure").AddColumn(new TableColumn("value").RightAligned());
+        table.AddRow("test Dice (mean over patients)", F(m.Dice, "0.0000"));
+        table.AddRow("test IoU", F(m.IoU, "0.0000"));
+        table.AddRow("test HD95 (pixels)", F(m.Hd95, "0.00"));
+        table.AddRow("patients train / validation / test", $"{m.TrainingPatients} / {m.ValidationPatients} / {m.TestPatients}");
+        table.AddRow("privacy", m.Mode == "dp"
+            ? string.Create(CultureInfo.InvariantCulture, $"epsilon {m.Epsilon:0.000} at delta {m.Delta:G3} ({m.Accountant}), sigma {m.Sigma:0.###}, q {m.SampleRate:G4}, C {m.ClipNorm:G4}")
+            : "none (non-private)");
+        table.AddRow("steps", m.Steps.ToString(CultureInfo.InvariantCulture));
+        table.AddRow("train time", F(m.TrainSeconds, "0.0") + " s");
+        table.AddRow("slices/s", F(m.SamplesPerSecond, "0.0"));
+        console.Write(table);
+        console.MarkupLine(Markup.Escape($"wrote {string.Join(", ", paths.Select(Path.GetFileName))} to {outDir}"));
+    }
+
+    internal static string ToJson(RunMetrics metrics) => JsonSerializer.Serialize(metrics, TrainingOutputs.JsonOptions);
+}
