@@ -2,6 +2,7 @@ using System.Globalization;
 using MriSeg.KeyRelease;
 using MriSeg.KeyRelease.Attestation;
 using MriSeg.KeyRelease.Parties;
+using MriSeg.ServiceDefaults;
 
 namespace MriSeg.KeyBroker;
 
@@ -64,7 +65,7 @@ public sealed class KeyBrokerSettings
         {
             KeysDirectory = !string.IsNullOrWhiteSpace(keys)
                 ? Path.GetFullPath(keys, environment.ContentRootPath)
-                : development ? DefaultDevelopmentKeysDirectory(environment.ContentRootPath) : null,
+                : development ? DevelopmentFolders.Resolve(environment.ContentRootPath, "keybroker") : null,
             CreateKeys = section.GetValue("CreateKeys", development),
             Engine = new KeyBrokerOptions
             {
@@ -93,18 +94,5 @@ public sealed class KeyBrokerSettings
         return value < 0
             ? throw new InvalidOperationException($"{section.Path}:{key} must not be negative (got {value.ToString(CultureInfo.InvariantCulture)})")
             : TimeSpan.FromSeconds(value);
-    }
-
-    private static string DefaultDevelopmentKeysDirectory(string contentRoot)
-    {
-        for (var dir = new DirectoryInfo(contentRoot); dir is not null; dir = dir.Parent)
-        {
-            if (File.Exists(Path.Combine(dir.FullName, "MriSeg.sln")))
-            {
-                return Path.Combine(dir.FullName, ".mriseg", "keybroker");
-            }
-        }
-
-        return Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.LocalApplicationData, Environment.SpecialFolderOption.Create), "MriSeg", "keybroker");
     }
 }

@@ -1,3 +1,5 @@
+using MriSeg.ServiceDefaults;
+
 namespace MriSeg.Packaging;
 
 /// <summary>
@@ -71,20 +73,7 @@ public sealed class PackagingSettings
             KeyBrokerTimeout = TimeSpan.FromSeconds(Math.Clamp(section.GetValue("KeyBrokerTimeoutSeconds", 30), 1, 600)),
             KeysDirectory = !string.IsNullOrWhiteSpace(keys)
                 ? Path.GetFullPath(keys, environment.ContentRootPath)
-                : development ? DefaultDevelopmentKeysDirectory(environment.ContentRootPath) : null,
+                : development ? DevelopmentFolders.Resolve(environment.ContentRootPath, "keys") : null,
         };
-    }
-
-    private static string DefaultDevelopmentKeysDirectory(string contentRoot)
-    {
-        for (var dir = new DirectoryInfo(contentRoot); dir is not null; dir = dir.Parent)
-        {
-            if (File.Exists(Path.Combine(dir.FullName, "MriSeg.sln")))
-            {
-                return Path.Combine(dir.FullName, ".mriseg", "keys");
-            }
-        }
-
-        return Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.LocalApplicationData, Environment.SpecialFolderOption.Create), "MriSeg", "keys");
     }
 }

@@ -1,3 +1,5 @@
+using MriSeg.ServiceDefaults;
+
 namespace MriSeg.Preprocess;
 
 /// <summary>The Preprocess service's settings (section <c>Preprocess</c>), resolved once at start.</summary>
@@ -39,20 +41,7 @@ public sealed class PreprocessSettings
             ProgressInterval = TimeSpan.FromMilliseconds(Math.Max(0, section.GetValue("ProgressIntervalMs", 250))),
             PseudonymKeysDirectory = !string.IsNullOrWhiteSpace(keys)
                 ? Path.GetFullPath(keys, environment.ContentRootPath)
-                : development ? Path.Combine(RepositoryFolder(environment.ContentRootPath), ".mriseg", "pseudonym-keys") : null,
+                : development ? DevelopmentFolders.Resolve(environment.ContentRootPath, "pseudonym-keys") : null,
         };
-    }
-
-    private static string RepositoryFolder(string contentRoot)
-    {
-        for (var dir = new DirectoryInfo(contentRoot); dir is not null; dir = dir.Parent)
-        {
-            if (File.Exists(Path.Combine(dir.FullName, "MriSeg.sln")))
-            {
-                return dir.FullName;
-            }
-        }
-
-        return Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.LocalApplicationData, Environment.SpecialFolderOption.Create), "MriSeg");
     }
 }
