@@ -307,7 +307,9 @@ var keyVaultEnv = [
     value: keyVault.outputs.keyEncryptionKeyUri
   }
 ]
-// The KeyBroker trusts tokens of this Microsoft Azure Attestation issuer; the Trainer attests there.
+// The KeyBroker trusts tokens of this Microsoft Azure Attestation issuer (MAA tokens carry no audience: the broker's
+// nonce and the bound ephemeral key tie them to the broker and the request); the Trainer attests there, from its
+// confidential VM (services/Trainer/AttestationSettings.cs), stating the image digest as its code measurement.
 var keyBrokerAttestationEnv = empty(attestationEndpoint)
   ? []
   : [
@@ -315,13 +317,25 @@ var keyBrokerAttestationEnv = empty(attestationEndpoint)
         name: 'KeyBroker__Attestation__Authorities__0__Issuer'
         value: attestationEndpoint
       }
+      {
+        name: 'KeyBroker__Attestation__Authorities__0__RequireAudience'
+        value: 'false'
+      }
     ]
 var trainerAttestationEnv = empty(attestationEndpoint)
   ? []
   : [
       {
-        name: 'Attestation__MaaEndpoint'
+        name: 'Trainer__Attestation__Provider'
+        value: 'maa'
+      }
+      {
+        name: 'Trainer__Attestation__MaaEndpoint'
         value: attestationEndpoint
+      }
+      {
+        name: 'Trainer__Attestation__ExpectedMeasurement'
+        value: last(split(trainerImage, '@'))
       }
     ]
 var images = {

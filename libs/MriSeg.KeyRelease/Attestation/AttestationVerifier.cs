@@ -124,7 +124,8 @@ public sealed record VerifiedAttestation(string Issuer, JsonElement Claims, stri
 /// <item>its signature verifies under the issuer's key of that kid (from OpenID metadata; one refresh on an unknown kid);</item>
 /// <item>its audience is the broker's (when present or required); exp and nbf hold within the skew;</item>
 /// <item>its nonce (<c>x-ms-runtime.client-payload.nonce</c> and/or <c>nonce</c>; every one present) is the request's;</item>
-/// <item><c>x-ms-runtime.keys</c> holds the requester's public key (<see cref="RuntimeKeys"/>).</item>
+/// <item><c>x-ms-runtime.keys</c> holds the requester's public key, or (an Azure confidential VM) <c>x-ms-runtime.user-data</c>
+/// binds that key and the nonce (<see cref="RuntimeKeys"/>).</item>
 /// </list>
 /// The nonce's single use is the caller's (<see cref="NonceStore"/>); the release policy is evaluated on the claims after.
 /// </summary>
@@ -288,11 +289,12 @@ public sealed class AttestationVerifier(AttestationOptions options, IIssuerKeySo
             throw new AttestationException(AttestationFailure.NonceMismatch, $"attestation token carries no nonce ({string.Join(" or ", NonceClaims)})");
         }
 
-        // 6. The requester's public key, bound in the runtime data.
-        if (!RuntimeKeys.Binds(claims, requesterKey))
+        // 6. The requester's public key, bound in the runtime data: a JWK the workload wrote itself, or a confidential VM's
+        //    user data binding the key and this nonce.
+        if (!RuntimeKeys.Binds(claims, requesterKey) && !RuntimeKeys.BindsUserData(claims, requesterKey, expectedNonce))
         {
             throw new AttestationException(AttestationFailure.KeyNotBound,
-                $"attestation token does not bind the requester's public key {requesterKey.Thumbprint[..16]}… ({RuntimeKeys.KeysClaim} holds no such JWK)");
+                $"attestation token does not bind the requester's public key {requesterKey.Thumbprint[..16]}… ({RuntimeKeys.KeysClaim} holds no such JWK and {RuntimeKeys.UserDataClaim} does not bind it with the nonce)");
         }
 
         return new VerifiedAttestation(authority.Issuer, claims, unverified.Kid,
