@@ -42,7 +42,17 @@ public sealed record CleanRoomRunOptions
 /// under the consumer's output key, signed with the attested key → settle the spend → upload. Nothing decrypted is
 /// written to disk; a failure releases nothing and ends with <see cref="CleanRoomRunException"/>.
 /// </summary>
-public sealed class CleanRoomRun(IPackageSource packages, ISignerDirectory signers, IKeySource keys, IOutputSink outputs, CleanRoomRunOptions options, TimeProvider? time = null)
+/// <remarks>
+/// With a checkpoint store, every epoch's training state is sealed and stored, and a durable high-water mark of the
+/// steps started is written before each epoch's first step (<see cref="RunCheckpoints"/>). A run interrupted anywhere
+/// (a killed trainer, or <c>interruption</c>) continues with <see cref="ResumeAsync"/>: it attests again with fresh
+/// ephemeral keys, obtains the keys again under the same run id and the same declaration (the KeyBroker's ledger grants
+/// a run's reservation once, and refuses other parameters or a settled run), restores the last checkpoint and trains
+/// only the rest of the declared steps, with every step that may have run counted: the resumed run never composes
+/// more steps than it declared.
+/// </remarks>
+public sealed class CleanRoomRun(IPackageSource packages, ISignerDirectory signers, IKeySource keys, IOutputSink outputs, CleanRoomRunOptions options, TimeProvider? time = null,
+    ICheckpointStore? checkpoints = null)
 {
     /// <summary>Metadata key of the signed manifest in which a provider states its shard's patient count.</summary>
     public const string PatientCountMetadataKey = "patient_count";
@@ -58,13 +68,51 @@ public sealed class CleanRoomRun(IPackageSource packages, ISignerDirectory signe
 
     /// <summary>Executes <paramref name="spec"/>; progress goes to <paramref name="progress"/> (keep it quick).</summary>
     /// <exception cref="CleanRoomRunException">The run failed; nothing was released.</exception>
-    public async Task<CleanRoomRunResult> ExecuteAsync(CleanRoomRunSpec spec, Action<RunProgressEvent>? progress = null, CancellationToken cancellationToken = default)
+    public Task<CleanRoomRunResult> ExecuteAsync(CleanRoomRunSpec spec, Action<RunProgressEvent>? progress = null, CancellationToken cancellationToken = default) =>
+        ExecuteAsync(spec, progress, cancellationToken, CancellationToken.None);
+
+    /// <summary>
+    /// Executes <paramref name="spec"/>. <paramref name="cancellationToken"/> cancels the run: it ends
+    /// <see cref="RunFailure.Cancelled"/>, its spend is settled at the steps taken and its checkpoints are removed.
+    /// <paramref name="interruption"/> stops it as a killed trainer would stop (between steps): nothing is settled or
+    /// removed, it ends <see cref="RunFailure.Interrupted"/>, and <see cref="ResumeAsync"/> continues it.
+    /// </summary>
+    /// <exception cref="CleanRoomRunException">The run failed, was cancelled or interrupted; nothing was released.</exception>
+    public Task<CleanRoomRunResult> ExecuteAsync(CleanRoomRunSpec spec, Action<RunProgressEvent>? progress, CancellationToken cancellationToken, CancellationToken interruption) =>
+        RunAsync(spec, false, 0, progress, cancellationToken, interruption);
+
+    /// <summary>
+    /// Resumes a run whose trainer was killed or interrupted: every phase again (fresh attestation and ephemeral keys,
+    /// the keys obtained again under the same run id and declaration, which the KeyBroker grants without charging the
+    /// budget again), then training from the last sealed checkpoint (or from the initial weights when there is none)
+    /// for the remaining steps only. Every step an earlier attempt may have taken counts: the steps marker's
+    /// high-water mark, the checkpoint's step count (plus a whole epoch when the marker is missing), and
+    /// <paramref name="recordedSteps"/> (steps the host recorded from the run's progress; unauthenticated, so it can
+    /// only raise the count). A checkpoint that fails any check ends the run <see cref="RunFailure.TamperedPackage"/>
+    /// with its reservation left in full.
+    /// </summary>
+    /// <exception cref="CleanRoomRunException">The run failed, was cancelled or interrupted; nothing was released.</exception>
+    public Task<CleanRoomRunResult> ResumeAsync(CleanRoomRunSpec spec, long recordedSteps, Action<RunProgressEvent>? progress = null,
+        CancellationToken cancellationToken = default, CancellationToken interruption = default) =>
+        RunAsync(spec, true, Math.Max(0, recordedSteps), progress, cancellationToken, interruption);
+
+    private async Task<CleanRoomRunResult> RunAsync(CleanRoomRunSpec spec, bool resumed, long recordedSteps, Action<RunProgressEvent>? progress,
+        CancellationToken cancellationToken, CancellationToken interruption)
     {
         ArgumentNullException.ThrowIfNull(spec);
-        var state = new RunState(spec, progress ?? (_ => { }));
+        var state = new RunState(spec, progress ?? (_ => { })) { Resumed = resumed, RecordedSteps = recordedSteps, CancelOnly = cancellationToken };
+        using var linked = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, interruption);
+        var interrupted = false;
         try
         {
-            return await ExecuteCoreAsync(state, cancellationToken).ConfigureAwait(false);
+            return await ExecuteCoreAsync(state, linked.Token).ConfigureAwait(false);
+        }
+        catch (Exception e) when (interruption.IsCancellationRequested && !cancellationToken.IsCancellationRequested)
+        {
+            // Like a kill: the reservation stays (the resumed run settles it), the checkpoints and the steps marker stay.
+            interrupted = true;
+            throw new CleanRoomRunException(RunFailure.Interrupted,
+                $"the run was interrupted at step {state.StepsTaken}; it resumes from its last checkpoint, with the steps since counted as spent", e);
         }
         catch (Exception e) when (e is not CleanRoomRunException)
         {
@@ -72,20 +120,62 @@ public sealed class CleanRoomRun(IPackageSource packages, ISignerDirectory signe
         }
         finally
         {
-            if (state.Reserved.Count > 0)
+            if (!interrupted)
             {
-                // A failed run settles what it spent (0 steps before training) so the reservation does not stay in full.
-                await TrySettleAsync(state).ConfigureAwait(false);
+                await EndAsync(state).ConfigureAwait(false);
             }
 
             state.Dispose();
         }
     }
 
+    /// <summary>
+    /// A run that ended (succeeded, failed or cancelled) settles what it spent, then removes its checkpoints. Neither
+    /// happens while an earlier attempt's spend is unknown (a checkpoint could not be read): the reservation then
+    /// stays in full and the checkpoints stay, so no later attempt can count fewer steps.
+    /// </summary>
+    private async Task EndAsync(RunState s)
+    {
+        if (!s.SpendKnown)
+        {
+            return;
+        }
+
+        if (s.Reserved.Count > 0)
+        {
+            // A failed run settles what it spent (0 steps before training) so the reservation does not stay in full.
+            await TrySettleAsync(s).ConfigureAwait(false);
+        }
+
+        if (s.SettledContracts > 0 && s.Reserved.Count == 0 && checkpoints is not null)
+        {
+            try
+            {
+                await RunCheckpoints.DeleteAllAsync(checkpoints, OutputContainer(s.Spec), s.Spec.RunId, CancellationToken.None).ConfigureAwait(false);
+            }
+            catch (Exception e) when (e is not OutOfMemoryException)
+            {
+                // Sealed blobs left behind open for nobody but this run's clean room, and the run is settled: a later
+                // attempt under its id gets no keys.
+                s.Report(V1.RunPhase.Done, $"the run's checkpoints could not be removed: {e.Message}");
+            }
+        }
+    }
+
+    private static string OutputContainer(CleanRoomRunSpec spec) => spec.OutputContainer ?? spec.Consumer.ToLowerInvariant();
+
     private async Task<CleanRoomRunResult> ExecuteCoreAsync(RunState s, CancellationToken ct)
     {
         var spec = s.Spec;
         Validate(spec);
+
+        // Whether an earlier attempt of this run left a record: then its spend is unknown until the records are read
+        // (after the keys), and nothing is settled or removed before.
+        if (checkpoints is not null)
+        {
+            var earlier = await checkpoints.ListAsync(OutputContainer(spec), RunCheckpoints.PrefixOf(spec.RunId), ct).ConfigureAwait(false);
+            s.SpendKnown = earlier.Count == 0 && s.RecordedSteps == 0;
+        }
 
         // 1. Attest: the ephemeral signing key of the outputs is bound into a token now, before anything is fetched.
         string attestationToken;
@@ -190,6 +280,11 @@ public sealed class CleanRoomRun(IPackageSource packages, ISignerDirectory signe
                 s.OutputKey = await ReleaseAsync(s, spec.OutputKeyId, declaredRun with { Declared = null }, "output", ct).ConfigureAwait(false);
             }
 
+            if (checkpoints is not null)
+            {
+                await ReadCheckpointsAsync(s, attestationToken, pipelineSha, ct).ConfigureAwait(false);
+            }
+
             using (Phase(s, V1.RunPhase.LoadingPackages, "opening the packages in memory"))
             {
                 foreach (var (package, i) in s.DatasetPackages.Select((p, i) => (p, i)))
@@ -259,7 +354,7 @@ public sealed class CleanRoomRun(IPackageSource packages, ISignerDirectory signe
                 var (files, card) = BuildOutputs(s, trained, joined, pipelineSha);
                 var spent = new V1.PrivacyParameters
                 {
-                    // Settled with the declared q and σ (an upper bound of the q used), the steps taken.
+                    // Settled with the declared q and σ (an upper bound of the q used), the steps taken (lost ones included).
                     Epsilon = trained.Training.Privacy!.Epsilon,
                     Delta = s.Declared.Delta,
                     Sigma = s.Declared.Sigma,
@@ -297,23 +392,25 @@ public sealed class CleanRoomRun(IPackageSource packages, ISignerDirectory signe
                     }
                 }
 
-                // 8. Settle, then upload (a failed upload removes what it put there).
+                // 8. Settle, then upload (a failed upload removes what it put there). From here an interruption (a shutdown)
+                // waits for the end: a run settled but not uploaded could not resume (the broker refuses a settled run).
                 foreach (var contract in s.Reserved.ToList())
                 {
-                    await keys.SettleAsync(spec.RunId, contract, spent, ct).ConfigureAwait(false);
+                    await keys.SettleAsync(spec.RunId, contract, spent, s.CancelOnly).ConfigureAwait(false);
                     s.Reserved.Remove(contract);
+                    s.SettledContracts++;
                 }
 
                 var uploaded = new List<V1.SealedPackageRef>();
                 using (Phase(s, V1.RunPhase.Uploading, $"uploading {sealedFiles.Count} sealed outputs"))
                 {
-                    var container = spec.OutputContainer ?? spec.Consumer.ToLowerInvariant();
+                    var container = OutputContainer(spec);
                     var prefix = spec.OutputPrefix ?? $"outputs/{spec.RunId}/";
                     try
                     {
                         foreach (var (name, bytes, info) in sealedFiles)
                         {
-                            var blob = await outputs.UploadAsync(container, prefix + name + ".sealed", bytes, ct).ConfigureAwait(false);
+                            var blob = await outputs.UploadAsync(container, prefix + name + ".sealed", bytes, s.CancelOnly).ConfigureAwait(false);
                             uploaded.Add(new V1.SealedPackageRef
                             {
                                 Blob = blob,
@@ -335,7 +432,9 @@ public sealed class CleanRoomRun(IPackageSource packages, ISignerDirectory signe
                     }
                 }
 
-                s.Report(V1.RunPhase.Done, $"done: {uploaded.Count} sealed outputs, ε {spent.Epsilon:0.###}", step: spent.Steps, steps: declaredPlan.PlannedSteps,
+                s.Report(V1.RunPhase.Done,
+                    $"done: {uploaded.Count} sealed outputs, ε {spent.Epsilon:0.###} over {spent.Steps} steps" + (trained.Training.LostSteps > 0 ? $" ({trained.Training.LostSteps} lost to interruptions, counted)" : ""),
+                    step: spent.Steps, steps: declaredPlan.PlannedSteps,
                     epsilon: trained.Training.Privacy.Epsilon, epsilonTarget: config.Privacy.Epsilon, delta: spent.Delta);
                 return new CleanRoomRunResult(uploaded, card, spent, attestationToken, s.Signing.PublicKey.ExportPem());
             }
@@ -365,12 +464,34 @@ public sealed class CleanRoomRun(IPackageSource packages, ISignerDirectory signe
         var trainingPatients = train.SlicesByPatient().Count(p => p.Length > 0);
         var (bound, plan) = PrivacyDeclaration.Bind(config, declared, trainingPatients);
         var epochs = (int)Math.Ceiling((double)plan.PlannedSteps / plan.StepsPerEpoch);
+        var patientsSha = Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(string.Join('\n', train.PatientIds))));
+        var resume = ResumeFor(s, plan, patientsSha);
         double? lastLoss = null, lastDice = null;
         var trainingOptions = new TrainingOptions
         {
             Device = device,
             CancellationToken = ct,
             InitialModel = baseModel,
+            Resume = resume,
+            BeforeSteps = s.Checkpoints is not { } store ? null : reach =>
+            {
+                // Durable before the chunk's first step: a failure here stops the run rather than take unrecorded steps.
+                store.WriteStepsAsync(reach, plan.PlannedSteps, ct).GetAwaiter().GetResult();
+            },
+            Checkpoint = s.Checkpoints is not { } states ? null : c =>
+            {
+                // A state that cannot be stored costs only time after a kill (the marker still counts the steps): the run goes on.
+                try
+                {
+                    var name = states.WriteStateAsync(c, patientsSha, ct).GetAwaiter().GetResult();
+                    s.Report(V1.RunPhase.Training, $"checkpoint of epoch {c.Epoch} sealed and stored ({c.Steps} steps): {name}",
+                        c.Epoch, epochs, c.Steps, plan.PlannedSteps, lastLoss, lastDice, c.Epochs[^1].Epsilon, bound.Privacy.Epsilon, bound.Privacy.Delta);
+                }
+                catch (Exception e) when (e is not OperationCanceledException)
+                {
+                    s.Report(V1.RunPhase.Training, $"checkpoint of epoch {c.Epoch} not stored: {e.Message}", c.Epoch, epochs, c.Steps, plan.PlannedSteps);
+                }
+            },
             Progress = p =>
             {
                 s.StepsTaken = p.Step;
@@ -388,7 +509,20 @@ public sealed class CleanRoomRun(IPackageSource packages, ISignerDirectory signe
         return await Task.Run(() =>
         {
             var validation = split.Validation.Count > 0 ? data.SelectPatients(split.Validation) : null;
-            var training = SegmentationTrainer.Train(train, validation, bound, trainingOptions);
+            TrainingResult training;
+            try
+            {
+                training = SegmentationTrainer.Train(train, validation, bound, trainingOptions);
+            }
+            finally
+            {
+                // The restored state's tensors pointed into this plaintext; the trainer has copied them.
+                if (s.Found?.StatePlaintext is { } restored)
+                {
+                    CryptographicOperations.ZeroMemory(restored);
+                }
+            }
+
             try
             {
                 s.Report(V1.RunPhase.Evaluating, $"evaluating on {split.Test.Count} held-out patients", epochs, epochs, training.Steps, plan.PlannedSteps,
@@ -403,6 +537,63 @@ public sealed class CleanRoomRun(IPackageSource packages, ISignerDirectory signe
                 throw;
             }
         }, ct).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// Derives the run's checkpoint key (it needs the output and dataset keys just released) and reads what an earlier
+    /// attempt left: from then on the spend of earlier attempts is known and counted.
+    /// </summary>
+    private async Task ReadCheckpointsAsync(RunState s, string attestationToken, string pipelineSha, CancellationToken ct)
+    {
+        var spec = s.Spec;
+        s.CheckpointKey = RunCheckpoints.DeriveKey(spec.RunId, spec.Consumer, pipelineSha, s.OutputKey!.Key, spec.Datasets.Select(d => s.Keys[d.KeyId].Key));
+        s.Checkpoints = new RunCheckpoints(checkpoints!, OutputContainer(spec), spec.RunId, s.CheckpointKey, s.Signing, keys.PartyId, new Dictionary<string, string>
+        {
+            ["mriseg.consumer"] = spec.Consumer,
+            ["mriseg.attestation_token"] = attestationToken,
+            ["mriseg.signer_public_key"] = s.Signing.PublicKey.ExportPem(),
+            ["mriseg.code_measurement"] = options.CodeMeasurement,
+            ["mriseg.pipeline_sha256"] = pipelineSha,
+        }, _time);
+        using (Phase(s, V1.RunPhase.LoadingPackages, $"reading the run's sealed checkpoints under {s.Checkpoints.Container}/{s.Checkpoints.Prefix}"))
+        {
+            var found = await s.Checkpoints.ReadAsync(ct).ConfigureAwait(false);
+            s.Found = found;
+
+            // Every step that may have run counts: the marker written before each chunk of steps; the checkpoint's own
+            // count, plus a whole epoch when the marker is missing (it is written before any step, so a state without
+            // one means it was removed); and what the host recorded. Never more than declared (the marker never says more).
+            var earlier = Math.Max(found.StepsMarked ?? 0, found.State?.Steps ?? 0);
+            if (found.StepsMarked is null && found.State is { } state)
+            {
+                earlier = Math.Max(earlier, state.Steps + state.Plan.StepsPerEpoch);
+            }
+
+            earlier = Math.Min(Math.Max(earlier, s.RecordedSteps), s.Declared!.Steps);
+            s.StepsTaken = earlier;
+            s.SpendKnown = true;
+            if (earlier > 0 || found.State is not null)
+            {
+                var who = s.Resumed ? "resuming" : "an earlier attempt of this run left its records: resuming";
+                s.Report(V1.RunPhase.LoadingPackages, found.State is { } st
+                    ? $"{who} from the checkpoint of epoch {st.Epoch} ({st.Steps} steps); {earlier} steps counted as spent, {earlier - st.Steps} of them lost"
+                    : $"{who} from the initial weights; {earlier} steps counted as spent (no checkpoint was stored)", step: earlier, steps: s.Declared.Steps);
+            }
+        }
+    }
+
+    /// <summary>How training resumes, or null for a first attempt; checks the checkpoint against this attempt's plan and patients.</summary>
+    private static TrainingResume? ResumeFor(RunState s, TrainingPlan plan, string patientsSha)
+    {
+        var state = s.Found?.State;
+        if (state is not null && (state.Plan != plan || s.Found!.TrainingPatientsSha256 != patientsSha))
+        {
+            throw new CleanRoomRunException(RunFailure.TamperedPackage,
+                $"the checkpoint {s.Found!.StateName} was made for another plan or other training patients (N {state.Plan.TrainingPatients}, q {state.Plan.SampleRate:G6}, σ {state.Plan.NoiseMultiplier:G6}, {state.Plan.PlannedSteps} steps); this attempt plans N {plan.TrainingPatients}, q {plan.SampleRate:G6}, σ {plan.NoiseMultiplier:G6}, {plan.PlannedSteps} steps: the run does not resume from it");
+        }
+
+        var spent = Math.Min(s.StepsTaken, plan.PlannedSteps);
+        return state is null && spent == 0 ? null : new TrainingResume { From = state, StepsSpent = Math.Max(spent, state?.Steps ?? 0) };
     }
 
     private (List<(string Name, byte[] Bytes)> Files, ModelCard Card) BuildOutputs(RunState s, LocalTrainingResult run, JoinedDataset joined, string pipelineSha)
@@ -429,7 +620,7 @@ public sealed class CleanRoomRun(IPackageSource packages, ISignerDirectory signe
             Created = _time.GetUtcNow(),
             Model = string.Create(inv, $"{t.Model.Config.Architecture}, {t.Model.ParameterCount:N0} parameters"),
             Providers = joined.Contributions,
-            Privacy = new SpentPrivacy(p.Epsilon, p.Delta, p.NoiseMultiplier, p.SampleRate, p.Steps, p.Accountant),
+            Privacy = new SpentPrivacy(p.Epsilon, p.Delta, p.NoiseMultiplier, p.SampleRate, p.Steps, p.Accountant, t.LostSteps),
             Metrics = new HeldOutMetrics(test?.Dice ?? double.NaN, test?.IoU ?? double.NaN, test?.Hd95 ?? double.NaN, test?.Patients ?? 0),
             TrainSeconds = t.TrainSeconds,
             SamplesPerSecond = t.SamplesPerSecond,
@@ -542,6 +733,7 @@ public sealed class CleanRoomRun(IPackageSource packages, ISignerDirectory signe
             {
                 await SettleFailedAsync(s, contract).ConfigureAwait(false);
                 s.Reserved.Remove(contract);
+                s.SettledContracts++;
             }
             catch (Exception e) when (e is RpcException or InvalidOperationException or ArgumentException)
             {
@@ -645,9 +837,33 @@ public sealed class CleanRoomRun(IPackageSource packages, ISignerDirectory signe
         /// <summary>Contracts with an unsettled reservation of this run.</summary>
         public HashSet<string> Reserved { get; } = new(StringComparer.Ordinal);
 
+        /// <summary>Steps counted as spent so far: earlier attempts' (lost ones included) and this attempt's.</summary>
         public long StepsTaken { get; set; }
 
         public string DeviceName { get; set; } = "cpu";
+
+        public bool Resumed { get; init; }
+
+        /// <summary>The caller's cancellation without the interruption (settling and uploading are not interrupted).</summary>
+        public CancellationToken CancelOnly { get; init; }
+
+        /// <summary>Steps the host recorded for the run (a hint that can only raise the count).</summary>
+        public long RecordedSteps { get; init; }
+
+        /// <summary>
+        /// False while an earlier attempt may have spent steps this attempt has not read yet: nothing is settled or
+        /// removed then.
+        /// </summary>
+        public bool SpendKnown { get; set; } = true;
+
+        /// <summary>Contracts this attempt settled.</summary>
+        public int SettledContracts { get; set; }
+
+        public DataKey? CheckpointKey { get; set; }
+
+        public RunCheckpoints? Checkpoints { get; set; }
+
+        public RunCheckpoints.Found? Found { get; set; }
 
         public void Report(V1.RunPhase phase, string message, int epoch = 0, int epochs = 0, long step = 0, long steps = 0, double? loss = null,
             double? dice = null, double? epsilon = null, double? epsilonTarget = null, double? delta = null, double samplesPerSecond = 0) =>
@@ -663,6 +879,12 @@ public sealed class CleanRoomRun(IPackageSource packages, ISignerDirectory signe
             }
 
             OutputKey?.Dispose();
+            CheckpointKey?.Dispose();
+            if (Found?.StatePlaintext is { } restored)
+            {
+                CryptographicOperations.ZeroMemory(restored);
+            }
+
             foreach (var p in DatasetPackages.Append(PipelinePackage).Append(BaseModelPackage))
             {
                 p?.Signer.Dispose();

@@ -25,9 +25,13 @@ public sealed record HeldOutMetrics(double Dice, double Iou, double Hd95, int Pa
 /// <param name="Delta">δ.</param>
 /// <param name="Sigma">Noise multiplier.</param>
 /// <param name="SampleRate">Poisson sampling rate of patients.</param>
-/// <param name="Steps">Noisy steps taken.</param>
+/// <param name="Steps">Noisy steps taken and composed into <paramref name="Epsilon"/>, <paramref name="LostSteps"/> included.</param>
 /// <param name="Accountant">"prv" or "rdp".</param>
-public sealed record SpentPrivacy(double Epsilon, double Delta, double Sigma, double SampleRate, long Steps, string Accountant);
+/// <param name="LostSteps">
+/// Of <paramref name="Steps"/>, the steps an interrupted attempt may have taken after its last checkpoint: their
+/// updates were discarded when the run resumed, but they were spent and count.
+/// </param>
+public sealed record SpentPrivacy(double Epsilon, double Delta, double Sigma, double SampleRate, long Steps, string Accountant, long LostSteps = 0);
 
 /// <summary>
 /// The model card written beside every model a clean-room run releases: who contributed how much, the privacy
@@ -106,7 +110,10 @@ public sealed record ModelCard
         if (Privacy is { } dp)
         {
             md.Append(inv, $"Patient-level (ε, δ)-differential privacy: **ε = {dp.Epsilon:0.###}**, δ = {dp.Delta:0.###e+0} ({dp.Accountant.ToUpperInvariant()} accountant), ");
-            md.Append(inv, $"noise multiplier σ = {dp.Sigma:0.####}, Poisson sampling rate q = {dp.SampleRate:0.####}, {dp.Steps:N0} steps.\n\n");
+            md.Append(inv, $"noise multiplier σ = {dp.Sigma:0.####}, Poisson sampling rate q = {dp.SampleRate:0.####}, {dp.Steps:N0} steps");
+            md.Append(dp.LostSteps > 0
+                ? string.Create(inv, $" ({dp.LostSteps:N0} of them taken by an interrupted attempt after its last checkpoint: discarded, but counted).\n\n")
+                : ".\n\n");
         }
         else
         {

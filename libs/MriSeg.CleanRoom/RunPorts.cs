@@ -52,6 +52,25 @@ public interface IOutputSink
     Task DeleteAsync(V1.BlobRef blob, CancellationToken cancellationToken);
 }
 
+/// <summary>
+/// Where a run's sealed checkpoints live (the consumer's container, under <c>checkpoints/&lt;run-id&gt;/</c>): unlike the
+/// outputs, a checkpoint blob may be replaced and is removed when the run ends.
+/// </summary>
+public interface ICheckpointStore
+{
+    /// <summary>Writes <paramref name="sealedBytes"/> as <paramref name="name"/>, replacing a blob of that name; returns once it is durable.</summary>
+    Task PutAsync(string container, string name, ReadOnlyMemory<byte> sealedBytes, CancellationToken cancellationToken);
+
+    /// <summary>The bytes of <paramref name="name"/>, or null when it does not exist.</summary>
+    Task<byte[]?> GetAsync(string container, string name, CancellationToken cancellationToken);
+
+    /// <summary>The names of the blobs under <paramref name="prefix"/> (none when the container does not exist).</summary>
+    Task<IReadOnlyList<string>> ListAsync(string container, string prefix, CancellationToken cancellationToken);
+
+    /// <summary>Deletes <paramref name="name"/> if it exists.</summary>
+    Task DeleteAsync(string container, string name, CancellationToken cancellationToken);
+}
+
 /// <summary>Packages from Blob storage.</summary>
 public sealed class BlobPackageSource(BlobServiceClient blobs) : IPackageSource
 {
@@ -160,5 +179,61 @@ public sealed class BlobOutputSink(BlobServiceClient blobs) : IOutputSink
     {
         ArgumentNullException.ThrowIfNull(blob);
         await blobs.GetBlobContainerClient(blob.Container).GetBlobClient(blob.Name).DeleteIfExistsAsync(cancellationToken: cancellationToken).ConfigureAwait(false);
+    }
+}
+
+/// <summary>Sealed checkpoints in Blob storage.</summary>
+public sealed class BlobCheckpointStore(BlobServiceClient blobs) : ICheckpointStore
+{
+    /// <inheritdoc />
+    public async Task PutAsync(string container, string name, ReadOnlyMemory<byte> sealedBytes, CancellationToken cancellationToken)
+    {
+        var containerClient = blobs.GetBlobContainerClient(container);
+        await containerClient.CreateIfNotExistsAsync(cancellationToken: cancellationToken).ConfigureAwait(false);
+        await containerClient.GetBlobClient(name).UploadAsync(BinaryData.FromBytes(sealedBytes), overwrite: true, cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <inheritdoc />
+    public async Task<byte[]?> GetAsync(string container, string name, CancellationToken cancellationToken)
+    {
+        try
+        {
+            var content = await blobs.GetBlobContainerClient(container).GetBlobClient(name).DownloadContentAsync(cancellationToken).ConfigureAwait(false);
+            return content.Value.Content.ToArray();
+        }
+        catch (RequestFailedException e) when (e.Status == 404)
+        {
+            return null;
+        }
+    }
+
+    /// <inheritdoc />
+    public async Task<IReadOnlyList<string>> ListAsync(string container, string prefix, CancellationToken cancellationToken)
+    {
+        var names = new List<string>();
+        try
+        {
+            await foreach (var item in blobs.GetBlobContainerClient(container).GetBlobsAsync(BlobTraits.None, BlobStates.None, prefix, cancellationToken).ConfigureAwait(false))
+            {
+                names.Add(item.Name);
+            }
+        }
+        catch (RequestFailedException e) when (e.Status == 404)
+        {
+        }
+
+        return names;
+    }
+
+    /// <inheritdoc />
+    public async Task DeleteAsync(string container, string name, CancellationToken cancellationToken)
+    {
+        try
+        {
+            await blobs.GetBlobContainerClient(container).GetBlobClient(name).DeleteIfExistsAsync(cancellationToken: cancellationToken).ConfigureAwait(false);
+        }
+        catch (RequestFailedException e) when (e.Status == 404)
+        {
+        }
     }
 }

@@ -63,6 +63,12 @@ public enum RunFailure
     /// <summary>The run was cancelled.</summary>
     Cancelled,
 
+    /// <summary>
+    /// The run was stopped as a killed trainer stops (the host shutting down): nothing settled, its checkpoints kept;
+    /// it continues with <see cref="CleanRoomRun.ResumeAsync"/>.
+    /// </summary>
+    Interrupted,
+
     /// <summary>Anything else (training error, storage outage).</summary>
     Internal,
 }

@@ -10,9 +10,12 @@ builder.Services.AddHostedService(services => services.GetRequiredService<TorchH
 builder.Services.AddHealthChecks().AddCheck<TorchHealthCheck>("torch", tags: [ServiceDefaultsExtensions.ReadyTag]);
 builder.Services.AddSingleton(TrainerSettings.From(builder.Configuration));
 builder.Services.AddHttpClient();
+builder.Services.AddSingleton<CleanRoomIdentity>();
+builder.Services.AddHostedService<CleanRoomRegistration>();
 builder.Services.AddSingleton<RunStore>();
 builder.Services.AddSingleton<ICleanRoomRunFactory, CleanRoomRunFactory>();
 builder.Services.AddSingleton<RunManager>();
+builder.Services.AddHostedService(services => services.GetRequiredService<RunManager>());
 
 var app = builder.Build();
 app.MapGrpcHosting<TrainerService>();

@@ -19,27 +19,41 @@ public interface ICleanRoomRunFactory
     CleanRoomRun Create();
 }
 
-/// <summary>The production wiring: Blob storage, Packaging's owner registry, the KeyBroker over gRPC, the development authority.</summary>
-public sealed class CleanRoomRunFactory(TrainerSettings settings, BlobServiceClient blobs, TableServiceClient tables, IHttpClientFactory http) : ICleanRoomRunFactory
+/// <summary>The production wiring: Blob storage, the KeyBroker's party table, the KeyBroker over gRPC as <see cref="CleanRoomIdentity"/>, the attestation of <see cref="AttestationSettings"/>.</summary>
+public sealed class CleanRoomRunFactory(CleanRoomIdentity identity, BlobServiceClient blobs, TableServiceClient tables, IHttpClientFactory http, IConfiguration configuration) : ICleanRoomRunFactory
 {
-    private readonly Lazy<string> _measurement = new(() => SoftwareMeasurement.OfDirectory(settings.MeasuredDirectory));
-
     public CleanRoomRun Create()
     {
-        var keyPath = settings.PartyKeyPath ?? throw new CleanRoomRunException(RunFailure.Internal, "Trainer:PartyKeyPath is not set: the clean room has no party key for the KeyBroker");
-        var channel = GrpcChannel.ForAddress(settings.KeyBrokerAddress);
-        var party = new KeyBrokerParty(new KeyBroker.KeyBrokerClient(channel), settings.PartyId, SigningKey.Load(keyPath));
-        var attestation = party.DevelopmentAttestation(http.CreateClient("attestation"), settings.AttestationIssuer, _measurement.Value);
+        KeyBrokerParty party;
+        try
+        {
+            party = identity.Party();
+        }
+        catch (InvalidOperationException e)
+        {
+            throw new CleanRoomRunException(RunFailure.Internal, e.Message, e);
+        }
+
+        var settings = identity.Settings;
+        var (attestation, measurement) = AttestationSettings.From(configuration).Create(party, identity, http);
         return new CleanRoomRun(new BlobPackageSource(blobs), new TableSignerDirectory(tables), new KeyBrokerKeySource(party, attestation),
-            new BlobOutputSink(blobs), new CleanRoomRunOptions { CodeMeasurement = _measurement.Value, Device = settings.Device });
+            new BlobOutputSink(blobs), new CleanRoomRunOptions { CodeMeasurement = measurement, Device = settings.Device }, checkpoints: new BlobCheckpointStore(blobs));
     }
 }
 
 /// <summary>
 /// Runs in the background, one task each; keeps every live run's last progress for WatchRun and writes each phase
-/// change and the end to <see cref="RunStore"/> (so GetRun answers after a restart). Metrics: meter "MriSeg.Trainer".
+/// change, each epoch and the end to <see cref="RunStore"/> (so GetRun answers after a restart). Metrics: meter
+/// "MriSeg.Trainer".
 /// </summary>
-public sealed class RunManager(RunStore store, ICleanRoomRunFactory factory, ILogger<RunManager> logger) : IDisposable
+/// <remarks>
+/// As a hosted service it resumes, when the Trainer starts, every run whose record is still queued or running (its
+/// trainer was killed or shut down): <see cref="CleanRoomRun.ResumeAsync"/> from the run's last sealed checkpoint,
+/// with the steps the record shows passed on as a lower bound of what was spent. Stopping the host interrupts the live
+/// runs the way a kill would (nothing settled, records left running, checkpoints kept) so that the next start resumes
+/// them; only CancelRun ends a run CANCELLED.
+/// </remarks>
+public sealed class RunManager(RunStore store, ICleanRoomRunFactory factory, ILogger<RunManager> logger) : IHostedService, IDisposable
 {
     public static readonly Meter Meter = new("MriSeg.Trainer");
     private static readonly Histogram<double> Loss = Meter.CreateHistogram<double>("mriseg.trainer.loss", description: "Mean training loss of an epoch");
@@ -48,6 +62,8 @@ public sealed class RunManager(RunStore store, ICleanRoomRunFactory factory, ILo
     private static readonly Histogram<double> Throughput = Meter.CreateHistogram<double>("mriseg.trainer.samples_per_second", "{slice}/s", "Training throughput");
 
     private readonly ConcurrentDictionary<string, LiveRun> _live = new(StringComparer.Ordinal);
+    private readonly CancellationTokenSource _stopping = new();
+    private Task? _resuming;
 
     /// <summary>Starts a run, or returns the one with the same id.</summary>
     public async Task<RunInfo> StartAsync(StartRunRequest request, CancellationToken ct)
@@ -77,8 +93,87 @@ public sealed class RunManager(RunStore store, ICleanRoomRunFactory factory, ILo
             return (await store.GetAsync(request.RunId, ct).ConfigureAwait(false))!.Value.Info;
         }
 
-        _ = Task.Run(() => ExecuteAsync(live), CancellationToken.None);
+        live.Task = Task.Run(() => ExecuteAsync(live, resume: false, 0), CancellationToken.None);
         return live.Snapshot();
+    }
+
+    /// <summary>
+    /// Resumes every run whose record is queued or running and that is not live here (after a kill or a shutdown);
+    /// returns how many it started.
+    /// </summary>
+    public async Task<int> ResumeUnfinishedAsync(CancellationToken ct)
+    {
+        var resumed = 0;
+        foreach (var (request, info) in await store.ListUnfinishedAsync(ct).ConfigureAwait(false))
+        {
+            info.State = JobState.Running;
+            var live = new LiveRun(request, info);
+            if (!_live.TryAdd(request.RunId, live))
+            {
+                continue;
+            }
+
+            var recorded = info.Last?.Step ?? 0;
+            logger.LogWarning("Run {RunId} did not finish in an earlier Trainer (last recorded step {Step}): resuming it from its last checkpoint", request.RunId, recorded);
+            live.Task = Task.Run(() => ExecuteAsync(live, resume: true, recorded), CancellationToken.None);
+            resumed++;
+        }
+
+        return resumed;
+    }
+
+    /// <summary>Resumes the unfinished runs in the background (storage may still be starting: retried for about a minute).</summary>
+    Task IHostedService.StartAsync(CancellationToken cancellationToken)
+    {
+        _resuming = Task.Run(async () =>
+        {
+            for (var attempt = 1; ; attempt++)
+            {
+                try
+                {
+                    await ResumeUnfinishedAsync(_stopping.Token).ConfigureAwait(false);
+                    return;
+                }
+                catch (Azure.RequestFailedException e) when (attempt < 12)
+                {
+                    logger.LogDebug("Run records not readable yet ({Status}); retrying", e.Status);
+                }
+                catch (Exception e) when (e is Azure.RequestFailedException or AggregateException or HttpRequestException)
+                {
+                    logger.LogError(e, "Unfinished runs could not be resumed");
+                    return;
+                }
+                catch (OperationCanceledException)
+                {
+                    return;
+                }
+
+                try
+                {
+                    await Task.Delay(TimeSpan.FromSeconds(Math.Min(10, attempt)), _stopping.Token).ConfigureAwait(false);
+                }
+                catch (OperationCanceledException)
+                {
+                    return;
+                }
+            }
+        }, CancellationToken.None);
+        return Task.CompletedTask;
+    }
+
+    /// <summary>Interrupts the live runs (they resume on the next start) and waits for them to stop, at most until <paramref name="cancellationToken"/>.</summary>
+    async Task IHostedService.StopAsync(CancellationToken cancellationToken)
+    {
+        Interrupt();
+        var tasks = _live.Values.Select(l => l.Task).Append(_resuming).OfType<Task>().ToArray();
+        try
+        {
+            await Task.WhenAll(tasks).WaitAsync(cancellationToken).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException)
+        {
+            logger.LogWarning("{Count} runs were still stopping when the Trainer shut down", _live.Count);
+        }
     }
 
     public async Task<RunInfo?> GetAsync(string runId, CancellationToken ct) =>
@@ -127,10 +222,11 @@ public sealed class RunManager(RunStore store, ICleanRoomRunFactory factory, ILo
         }
     }
 
-    private async Task ExecuteAsync(LiveRun live)
+    private async Task ExecuteAsync(LiveRun live, bool resume, long recordedSteps)
     {
         var r = live.Request;
         var phase = RunPhase.Unspecified;
+        var epoch = 0;
         try
         {
             var spec = new CleanRoomRunSpec
@@ -146,7 +242,8 @@ public sealed class RunManager(RunStore store, ICleanRoomRunFactory factory, ILo
                 OutputContainer = string.IsNullOrEmpty(r.OutputPrefix?.Container) ? null : r.OutputPrefix.Container,
                 OutputPrefix = string.IsNullOrEmpty(r.OutputPrefix?.Name) ? null : r.OutputPrefix.Name.TrimEnd('/') + "/",
             };
-            var result = await factory.Create().ExecuteAsync(spec, e =>
+            var run = factory.Create();
+            void OnProgress(RunProgressEvent e)
             {
                 var progress = live.Publish(e);
                 if (e.Loss is { } loss && e.Phase == RunPhase.Training)
@@ -169,14 +266,45 @@ public sealed class RunManager(RunStore store, ICleanRoomRunFactory factory, ILo
                     Throughput.Record(e.SamplesPerSecond, new KeyValuePair<string, object?>("run_id", r.RunId));
                 }
 
-                if (e.Phase != phase)
+                // Each phase and each epoch is recorded: the steps of the record are a lower bound of the spend a resume counts.
+                if (e.Phase != phase || e.Epoch != epoch)
                 {
-                    phase = e.Phase;
+                    (phase, epoch) = (e.Phase, e.Epoch);
                     _ = PersistAsync(live);
                 }
-            }, live.Cancellation.Token).ConfigureAwait(false);
+            }
+
+            CleanRoomRunResult result;
+            for (var attempt = 1; ; attempt++)
+            {
+                try
+                {
+                    result = resume
+                        ? await run.ResumeAsync(spec, recordedSteps, OnProgress, live.Cancellation.Token, live.Interruption.Token).ConfigureAwait(false)
+                        : await run.ExecuteAsync(spec, OnProgress, live.Cancellation.Token, live.Interruption.Token).ConfigureAwait(false);
+                    break;
+                }
+                catch (CleanRoomRunException e) when (resume && attempt < 10 && IsTransient(e))
+                {
+                    // The KeyBroker or the attestation service not reachable, or the clean room not registered there yet (a
+                    // Trainer that has just started): nothing was settled with a broker that did not answer, and an attempt
+                    // whose records it could not read settled nothing at all, so the next attempt resumes the run.
+                    logger.LogWarning("Resuming run {RunId}: {Reason}; retrying", r.RunId, e.Message);
+                    await Task.Delay(TimeSpan.FromSeconds(Math.Min(30, 2 * attempt)), live.Interruption.Token).ConfigureAwait(false);
+                    run = factory.Create();
+                }
+            }
+
             live.Finish(JobState.Succeeded, null, result);
             logger.LogInformation("Run {RunId} succeeded: {Outputs} sealed outputs, ε {Epsilon}", r.RunId, result.Outputs.Count, result.Spent.Epsilon);
+        }
+        catch (Exception e) when (e is CleanRoomRunException { Failure: RunFailure.Interrupted } || (e is OperationCanceledException && live.Interruption.IsCancellationRequested))
+        {
+            // Not finished: the record stays running, and the next Trainer resumes the run.
+            logger.LogWarning("Run {RunId} interrupted: {Reason}", r.RunId, e.Message);
+            await PersistAsync(live).ConfigureAwait(false);
+            _live.TryRemove(r.RunId, out _);
+            return;
         }
         catch (CleanRoomRunException e)
         {
@@ -194,8 +322,15 @@ public sealed class RunManager(RunStore store, ICleanRoomRunFactory factory, ILo
         _live.TryRemove(r.RunId, out _);
     }
 
+    private static bool IsTransient(CleanRoomRunException e) =>
+        e.InnerException is Grpc.Core.RpcException { StatusCode: Grpc.Core.StatusCode.Unavailable or Grpc.Core.StatusCode.DeadlineExceeded or Grpc.Core.StatusCode.Unauthenticated }
+            or HttpRequestException;
+
+    // One write at a time per run, each of the snapshot at its turn: an earlier progress write never lands after the
+    // final one (a record left "running" after the end would be resumed on the next start).
     private async Task PersistAsync(LiveRun live)
     {
+        await live.PersistGate.WaitAsync().ConfigureAwait(false);
         try
         {
             await store.UpdateAsync(live.Request, live.Snapshot(), CancellationToken.None).ConfigureAwait(false);
@@ -204,15 +339,23 @@ public sealed class RunManager(RunStore store, ICleanRoomRunFactory factory, ILo
         {
             logger.LogError(e, "Run {RunId}: the run record could not be written", live.Request.RunId);
         }
-    }
-
-    public void Dispose()
-    {
-        foreach (var live in _live.Values)
+        finally
         {
-            live.Cancellation.Cancel();
+            live.PersistGate.Release();
         }
     }
+
+    private void Interrupt()
+    {
+        _stopping.Cancel();
+        foreach (var live in _live.Values)
+        {
+            live.Interruption.Cancel();
+        }
+    }
+
+    /// <summary>Interrupts the live runs (a shutdown is not a cancellation: they resume on the next start).</summary>
+    public void Dispose() => Interrupt();
 
     private sealed class LiveRun(StartRunRequest request, RunInfo info)
     {
@@ -222,6 +365,13 @@ public sealed class RunManager(RunStore store, ICleanRoomRunFactory factory, ILo
         public StartRunRequest Request { get; } = request;
 
         public CancellationTokenSource Cancellation { get; } = new();
+
+        /// <summary>Stops the run as a kill would (the host shutting down).</summary>
+        public CancellationTokenSource Interruption { get; } = new();
+
+        public SemaphoreSlim PersistGate { get; } = new(1, 1);
+
+        public Task? Task { get; set; }
 
         public string? CancelReason { get; set; }
 

@@ -59,6 +59,23 @@ public sealed class RunStore(TableServiceClient tables)
         return runs;
     }
 
+    /// <summary>Runs whose record is queued or running: not finished (their trainer was killed or shut down, unless live here).</summary>
+    public async Task<List<(StartRunRequest Request, RunInfo Info)>> ListUnfinishedAsync(CancellationToken ct)
+    {
+        var table = await TableAsync(ct).ConfigureAwait(false);
+        var runs = new List<(StartRunRequest, RunInfo)>();
+        await foreach (var e in table.QueryAsync<TableEntity>(x => x.PartitionKey == Partition, cancellationToken: ct).ConfigureAwait(false))
+        {
+            var run = Parse(e);
+            if (run.Info.State is JobState.Queued or JobState.Running)
+            {
+                runs.Add(run);
+            }
+        }
+
+        return runs;
+    }
+
     private static TableEntity Entity(StartRunRequest request, RunInfo info) => new(Partition, info.RunId)
     {
         ["Request"] = JsonFormatter.Default.Format(request),

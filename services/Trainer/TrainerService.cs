@@ -1,10 +1,11 @@
 using Grpc.Core;
 using MriSeg.Contracts.V1;
+using MriSeg.KeyRelease.Attestation;
 
 namespace MriSeg.Trainer;
 
 /// <summary>The clean-room run over gRPC: a thin host over <see cref="RunManager"/> and <c>MriSeg.CleanRoom</c>.</summary>
-public sealed class TrainerService(RunManager runs) : Contracts.V1.Trainer.TrainerBase
+public sealed class TrainerService(RunManager runs, CleanRoomIdentity identity, IConfiguration configuration) : Contracts.V1.Trainer.TrainerBase
 {
     public override async Task<RunInfo> StartRun(StartRunRequest request, ServerCallContext context)
     {
@@ -37,6 +38,29 @@ public sealed class TrainerService(RunManager runs) : Contracts.V1.Trainer.Train
 
     public override async Task<RunInfo> CancelRun(CancelRunRequest request, ServerCallContext context) =>
         await runs.CancelAsync(request.RunId, request.Reason, context.CancellationToken) ?? throw NotFound(request.RunId);
+
+    public override Task<CleanRoomDescription> DescribeCleanRoom(DescribeCleanRoomRequest request, ServerCallContext context)
+    {
+        var attestation = AttestationSettings.From(configuration);
+        var description = new CleanRoomDescription { PartyId = identity.PartyId, Device = identity.Settings.Device };
+        if (string.Equals(attestation.Provider.Trim(), AttestationSettings.MaaProvider, StringComparison.OrdinalIgnoreCase))
+        {
+            // Hardware attestation: the measurement is the deployed image's digest; hospitals write their policy for the
+            // VM's claims themselves (docs/examples/keybroker/release-policy.maa-cvm.json), so none is offered here.
+            description.HardwareBacked = true;
+            description.AttestationIssuer = attestation.MaaEndpoint ?? "";
+            description.CodeMeasurement = AttestationSettings.NormalizeMeasurement(attestation.ExpectedMeasurement) ?? "";
+        }
+        else
+        {
+            var issuer = identity.Settings.AttestationIssuer;
+            description.AttestationIssuer = issuer;
+            description.CodeMeasurement = identity.Measurement;
+            description.ReleasePolicyJson = DevelopmentAttestationAuthority.PolicyFor(issuer, identity.Measurement);
+        }
+
+        return Task.FromResult(description);
+    }
 
     private static RpcException NotFound(string runId) => new(new Status(StatusCode.NotFound, $"run '{runId}' does not exist"));
 }

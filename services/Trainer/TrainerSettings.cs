@@ -8,8 +8,14 @@ public sealed class TrainerSettings
     /// <summary><c>Trainer:PartyId</c>: the clean room's party id at the KeyBroker (role CCR).</summary>
     public string PartyId { get; init; } = "cleanroom";
 
-    /// <summary><c>Trainer:PartyKeyPath</c>: the clean room's party signing key (PKCS#8 PEM); required to run.</summary>
+    /// <summary><c>Trainer:PartyKeyPath</c>: the clean room's party signing key (PKCS#8 PEM); Development default <c>.mriseg/cleanroom/party.key</c>.</summary>
     public string? PartyKeyPath { get; init; }
+
+    /// <summary><c>Trainer:CreatePartyKey</c>: make the party key when missing (default: in Development only).</summary>
+    public bool? CreatePartyKey { get; init; }
+
+    /// <summary><c>Trainer:KeyBrokerAdminToken</c>: the operator's token for the clean room's first registration where the broker needs one.</summary>
+    public string? KeyBrokerAdminToken { get; init; }
 
     /// <summary><c>Trainer:KeyBrokerAddress</c>: the KeyBroker's gRPC address (service discovery by default).</summary>
     public string KeyBrokerAddress { get; init; } = "http://_grpc.keybroker";

@@ -84,6 +84,15 @@ public sealed class CleanRoomWorld : IDisposable
         }
     }
 
+    /// <summary>Writes party <paramref name="id"/>'s signing key (PKCS#8 PEM, 0600) to <paramref name="path"/>, e.g. for a service that acts as that party.</summary>
+    public void SavePartyKey(string id, string path)
+    {
+        lock (partyKeys)
+        {
+            partyKeys[id].Save(path);
+        }
+    }
+
     public string Policy(string measurement) => Broker.Services.GetRequiredService<DevelopmentAttestationAuthority>().PolicyFor(measurement);
 
     /// <summary>A synthetic shard: each patient's slices are random images with a square "tumour" that brightens channel 0.</summary>
@@ -150,7 +159,7 @@ public sealed class CleanRoomWorld : IDisposable
     /// Registers the parties of a fresh world, seals and uploads two providers' shards, the pipeline and (unless skipped)
     /// imports every key with a policy for <paramref name="measurement"/>.
     /// </summary>
-    public async Task<World> NewWorldAsync(string measurement, CancellationToken ct, string[]? secondModalities = null)
+    public async Task<World> NewWorldAsync(string measurement, CancellationToken ct, string[]? secondModalities = null, string? pipelineJson = null)
     {
         var suffix = Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(4));
         var world = new World(suffix, measurement);
@@ -160,7 +169,7 @@ public sealed class CleanRoomWorld : IDisposable
         await Party(world.CleanRoom).RegisterAsync(PartyRole.CleanRoom, AdminToken, cancellationToken: ct);
 
         var policy = Policy(measurement);
-        var pipelineBytes = Encoding.UTF8.GetBytes(PipelineJson);
+        var pipelineBytes = Encoding.UTF8.GetBytes(pipelineJson ?? PipelineJson);
         var pipelineSha = Convert.ToHexStringLower(SHA256.HashData(pipelineBytes));
         var shards = new[] { (world.ProviderA, Shard("A", 14, 2, 11)), (world.ProviderB, Shard("B", 12, 2, 12, secondModalities)) };
         foreach (var (owner, data) in shards)
@@ -169,6 +178,7 @@ public sealed class CleanRoomWorld : IDisposable
             world.ShardPlaintexts.Add(plaintext);
             var (reference, key) = await SealAndUploadAsync(owner, plaintext, ContentType.Dataset, owner, "shards/train.sealed",
                 new Dictionary<string, string> { [CleanRoomRun.PatientCountMetadataKey] = data.PatientIds.Count.ToString(System.Globalization.CultureInfo.InvariantCulture) }, ct);
+            world.DatasetKeys.Add(DataKey.FromBytes(key.ExportKeyBytes()));
             using (key)
             {
                 var contract = "contract-" + owner;
@@ -205,7 +215,11 @@ public sealed class CleanRoomWorld : IDisposable
     public CleanRoomRun Runner(World world, string? measurement = null) =>
         new(new BlobPackageSource(Blobs), new StaticSignerDirectory(world.SignerPems),
             new KeyBrokerKeySource(Party(world.CleanRoom), Party(world.CleanRoom).DevelopmentAttestation(Http, Issuer, measurement ?? world.Measurement)),
-            new BlobOutputSink(Blobs), new CleanRoomRunOptions { CodeMeasurement = measurement ?? world.Measurement, Device = "cpu", Threads = 2 });
+            new BlobOutputSink(Blobs), new CleanRoomRunOptions { CodeMeasurement = measurement ?? world.Measurement, Device = "cpu", Threads = 2 },
+            checkpoints: new BlobCheckpointStore(Blobs));
+
+    /// <summary>The tiny pipeline with another number of epochs (runs long enough to interrupt or cancel).</summary>
+    public static string PipelineWithEpochs(int epochs) => PipelineJson.Replace("\"epochs\": 2,", $"\"epochs\": {epochs},", StringComparison.Ordinal);
 
     private string PartyKeyPem(string id)
     {
@@ -248,6 +262,9 @@ public sealed class CleanRoomWorld : IDisposable
         public Dictionary<string, string> SignerPems { get; } = [];
 
         public List<byte[]> ShardPlaintexts { get; } = [];
+
+        /// <summary>Copies of the providers' dataset keys (a test derives the run's checkpoint key from them, as only the clean room can).</summary>
+        public List<DataKey> DatasetKeys { get; } = [];
 
         public V1.SealedPackageRef Pipeline { get; set; } = null!;
 

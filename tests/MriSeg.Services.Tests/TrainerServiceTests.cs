@@ -128,6 +128,66 @@ public sealed class TrainerServiceTests : IClassFixture<AzuriteFixture>, IDispos
         Assert.Equal(StatusCode.NotFound, e.StatusCode);
     }
 
+    [Fact]
+    public async Task Cancel_run_on_a_running_run_ends_it_cancelled_with_the_reason_and_releases_nothing()
+    {
+        // Twelve epochs: long enough that the cancellation lands while the run trains.
+        var world = await env.NewWorldAsync(measurement, Ct, pipelineJson: CleanRoomWorld.PipelineWithEpochs(12));
+        var client = Trainer(world);
+        var runId = "svc-cancel-" + world.Suffix;
+        await client.StartRunAsync(Request(world, runId), cancellationToken: Ct);
+
+        const string reason = "stopped by the operator: wrong pipeline";
+        var progress = new List<V1.RunProgress>();
+        V1.RunInfo? cancelled = null;
+        using (var call = client.WatchRun(new V1.WatchRunRequest { RunId = runId }, cancellationToken: Ct))
+        {
+            await foreach (var p in call.ResponseStream.ReadAllAsync(Ct))
+            {
+                progress.Add(p);
+                if (cancelled is null && p.Phase == V1.RunPhase.Training && p.Step >= 1)
+                {
+                    cancelled = await client.CancelRunAsync(new V1.CancelRunRequest { RunId = runId, Reason = reason }, cancellationToken: Ct);
+                }
+            }
+        }
+
+        Assert.NotNull(cancelled);
+        Assert.Equal(V1.JobState.Cancelled, progress[^1].State);
+        Assert.Equal(reason, progress[^1].Error);
+        var stepsBefore = progress.Where(p => p.Phase == V1.RunPhase.Training).Max(p => p.Step);
+        Assert.True(stepsBefore < progress.First(p => p.Steps > 0 && p.Phase == V1.RunPhase.Training).Steps, "the run finished before the cancellation");
+
+        var info = await client.GetRunAsync(new V1.GetRunRequest { RunId = runId }, cancellationToken: Ct);
+        Assert.Equal(V1.JobState.Cancelled, info.State);
+        Assert.Equal(reason, info.Error);
+        Assert.Empty(info.Outputs);
+
+        // Nothing uploaded; the checkpoints removed; the spend settled at the steps taken (they stay spent), nothing reserved.
+        var container = env.Blobs.GetBlobContainerClient(world.Consumer);
+        await foreach (var item in container.GetBlobsAsync(Azure.Storage.Blobs.Models.BlobTraits.None, Azure.Storage.Blobs.Models.BlobStates.None, "", cancellationToken: Ct))
+        {
+            Assert.False(item.Name.StartsWith($"outputs/{runId}/", StringComparison.Ordinal), $"a cancelled run uploaded {item.Name}");
+            Assert.False(item.Name.StartsWith(RunCheckpoints.PrefixOf(runId), StringComparison.Ordinal), $"a cancelled run left {item.Name}");
+        }
+
+        var engine = env.Broker.Services.GetRequiredService<MriSeg.KeyRelease.KeyBrokerEngine>();
+        foreach (var contract in world.Contracts.Values)
+        {
+            var record = (await engine.Ledger.GetAsync(contract, Ct))!.Value.Record;
+            var run = Assert.Single(record.Runs, r => r.RunId == runId);
+            Assert.InRange(run.SettledSteps!.Value, 1, run.Steps - 1);
+            var budget = await env.Client.GetBudgetAsync(new V1.GetBudgetRequest { ContractId = contract }, env.Party(world.CleanRoom).Credentials(), cancellationToken: Ct);
+            Assert.Equal(0, budget.EpsilonReserved, 9);
+            Assert.True(budget.EpsilonSpent > 0);
+        }
+
+        // Cancelling again answers the finished run's record.
+        var again = await client.CancelRunAsync(new V1.CancelRunRequest { RunId = runId, Reason = "again" }, cancellationToken: Ct);
+        Assert.Equal(V1.JobState.Cancelled, again.State);
+        Assert.Equal(reason, again.Error);
+    }
+
     private sealed class WorldFactory(CleanRoomWorld env, CleanRoomWorld.World world) : ICleanRoomRunFactory
     {
         public CleanRoomRun Create() => env.Runner(world);

@@ -1,5 +1,7 @@
 using System.Diagnostics;
 using MriSeg.Imaging.Datasets;
+using MriSeg.Imaging.Formats;
+using MriSeg.Learning.Formats;
 using MriSeg.Learning.Metrics;
 using MriSeg.Learning.Model;
 using MriSeg.Learning.Noise;
@@ -30,7 +32,14 @@ namespace MriSeg.Learning.Training;
 /// Everything but the DP noise and the Poisson sampling is deterministic given <see cref="TrainingConfig.Seed"/>
 /// (split, initial weights, slice choice, augmentation, non-private shuffling; and libtorch's CPU kernels at a fixed
 /// thread count). The noise and the sampling come from the OS CSPRNG: the accountant's subsampling amplification
-/// assumes nobody can tell which patients a step used.
+/// assumes nobody can tell which patients a step used. The seeded streams restart at every epoch from (seed, epoch),
+/// so a run resumed from an epoch's checkpoint (<see cref="TrainingOptions.Resume"/>) draws what it would have drawn.
+/// </para>
+/// <para>
+/// Checkpoints and resume: <see cref="TrainingOptions.Checkpoint"/> receives the state at every epoch end,
+/// <see cref="TrainingOptions.BeforeSteps"/> the step count each epoch may reach before its first step, and
+/// <see cref="TrainingOptions.Resume"/> continues from a checkpoint with every step an interrupted attempt may have
+/// taken already composed: the run never composes more than its planned steps, whatever was lost.
 /// </para>
 /// <para>
 /// Model selection: with validation patients, the weights of the epoch with the best validation Dice are kept
@@ -195,8 +204,6 @@ public static class SegmentationTrainer
         private readonly UNet2d _evalModel;
         private readonly optim.Optimizer _optimizer;
         private readonly PerSampleLoss _loss;
-        private readonly Random _sliceRandom;
-        private readonly SliceAugmenter _augmenter;
         private readonly WeightAverage? _ema;
         private readonly Stopwatch _clock = Stopwatch.StartNew();
         private readonly List<EpochSummary> _epochs = [];
@@ -206,6 +213,9 @@ public static class SegmentationTrainer
         private PrivacyAccountantBase? _accountant;
         private Tensor[]? _best;
         private bool _evalModelTaken;
+        private Random _sliceRandom = null!;
+        private SliceAugmenter _augmenter = null!;
+        private double _secondsBefore;
 
         /// <summary>
         /// ε after each of up to 32 evenly spaced step counts (the last is the plan's), for the per-step reports of the
@@ -234,8 +244,6 @@ public static class SegmentationTrainer
             _slices = [.. _patients.Select(p => byPatient[p])];
             _plan = Plan(config, _patients.Length);
             var seed = config.Seed;
-            _sliceRandom = new Random(DeriveSeed(seed, 1));
-            _augmenter = new SliceAugmenter(config.Augmentation, DeriveSeed(seed, 2));
             _model = CreateModel(config.Model!, seed, options.InitialModel);
             _evalModel = new UNet2d(config.Model!, ScalarType.Float32, _device);
             _optimizer = CreateOptimizer(_model, config.Optimizer);
@@ -246,30 +254,53 @@ public static class SegmentationTrainer
         public TrainingResult Execute()
         {
             var dp = _plan.Mode == PrivacyMode.Dp;
+            var resume = _options.Resume;
+            var from = resume?.From;
+            CheckResume(resume);
+
+            // Every step an earlier attempt may have taken counts (composed below before any new step); of those, the
+            // ones after its last checkpoint are lost: spent, but their updates are not in the restored weights.
+            long step = resume?.StepsSpent ?? 0;
+            var lost = resume is null ? 0 : (from?.LostSteps ?? 0) + (step - (from?.Steps ?? 0));
+            var secret = _options.InsecureDeterministicPrivacySeed;
             if (dp)
             {
-                var secret = _options.InsecureDeterministicPrivacySeed;
-                _noise = secret is { } s1 ? GaussianNoise.CreateInsecureSeeded(s1) : GaussianNoise.CreateSecure();
-                _sampler = secret is { } s2 ? PoissonSampler.CreateInsecureSeeded(_plan.SampleRate, DeriveSeed(s2, 3)) : PoissonSampler.CreateSecure(_plan.SampleRate);
+                // A resumed insecure run must not replay the noise of its first attempt: its stream starts from the step.
+                _noise = secret is { } s1 ? GaussianNoise.CreateInsecureSeeded(step == 0 ? s1 : s1 + (0x9E3779B97F4A7C15UL * (ulong)step)) : GaussianNoise.CreateSecure();
+                _sampler = secret is null ? PoissonSampler.CreateSecure(_plan.SampleRate) : null;
                 _accountant = _plan.Accountant == AccountantKind.Prv ? new PrvAccountant() : new RdpAccountant();
+                if (step > 0)
+                {
+                    _accountant.Compose(_plan.SampleRate, _plan.NoiseMultiplier, step);
+                }
+
                 var settings = new DpSgdSettings(_plan.ClipNorm, _plan.NoiseMultiplier, _plan.SampleRate * _plan.TrainingPatients, _config.Reduction,
                     _config.MaxSlicesPerPatient * _config.Augmentation.Multiplicity);
                 _engine = new DpGradientEngine(_model, _loss, settings, _noise);
             }
 
-            long step = 0, slicesTotal = 0, patientsTotal = 0;
-            double stepSeconds = 0;
-            int? bestEpoch = null;
-            double? bestDice = null;
-            var sinceBest = 0;
-            var stopReason = "completed";
-            double? epsilon = null;
+            long slicesTotal = from?.SlicesProcessed ?? 0, patientsTotal = from?.PatientsProcessed ?? 0;
+            double stepSeconds = from?.StepSeconds ?? 0;
+            _secondsBefore = from?.TrainSeconds ?? 0;
+            int? bestEpoch = from?.BestEpoch;
+            double? bestDice = from?.BestValidationDice;
+            var sinceBest = from?.SinceBest ?? 0;
+            var stopReason = from?.StopReason ?? "completed";
+            double? epsilon = dp && step > 0 ? _accountant!.GetEpsilon(_plan.Delta!.Value) : null;
             var bounds = dp ? EpsilonBounds() : [];
-            var epoch = 0;
+            var epoch = from?.Epoch ?? 0;
+            if (from is not null)
+            {
+                Restore(from);
+            }
+
             var permutation = Array.Empty<int>();
-            while (step < _plan.PlannedSteps)
+            while (from?.StopReason is null && step < _plan.PlannedSteps)
             {
                 epoch++;
+                _options.CancellationToken.ThrowIfCancellationRequested();
+                SeedEpoch(epoch, secret);
+                _options.BeforeSteps?.Invoke(Math.Min(_plan.PlannedSteps, step + _plan.StepsPerEpoch));
                 double epochLoss = 0;
                 int epochSteps = 0, epochPatients = 0, epochSlices = 0;
                 if (!dp)
@@ -346,14 +377,24 @@ public static class SegmentationTrainer
                 }
 
                 var meanLoss = epochSteps > 0 ? epochLoss / epochSteps : double.NaN;
-                _epochs.Add(new EpochSummary(epoch, step, meanLoss, validationDice, validationIoU, epsilon, _clock.Elapsed.TotalSeconds));
+                _epochs.Add(new EpochSummary(epoch, step, meanLoss, validationDice, validationIoU, epsilon, Seconds));
                 _options.Progress?.Invoke(new TrainingProgress(
                     TrainingEventKind.Epoch, epoch, step, _plan.PlannedSteps, meanLoss, validationDice, epsilon,
                     stepSeconds > 0 ? slicesTotal / stepSeconds : 0, LearningRate(_config, Math.Max(0, step - 1), _plan.PlannedSteps),
-                    epochPatients, epochSlices, _clock.Elapsed.TotalSeconds));
-                if (_config.Validation.Patience > 0 && sinceBest >= _config.Validation.Patience && !last)
+                    epochPatients, epochSlices, Seconds));
+                var stopping = _config.Validation.Patience > 0 && sinceBest >= _config.Validation.Patience && !last;
+                if (stopping)
                 {
                     stopReason = "early stopping";
+                }
+
+                if (_options.Checkpoint is { } checkpoint)
+                {
+                    checkpoint(Snapshot(epoch, step, lost, bestEpoch, bestDice, sinceBest, stopping ? stopReason : null, slicesTotal, patientsTotal, stepSeconds));
+                }
+
+                if (stopping)
+                {
                     break;
                 }
             }
@@ -367,9 +408,9 @@ public static class SegmentationTrainer
             if (_best is not null)
             {
                 using var _ = no_grad();
-                foreach (var (to, from) in _evalModel.OrderedParameters().Zip(_best))
+                foreach (var (to, kept) in _evalModel.OrderedParameters().Zip(_best))
                 {
-                    to.copy_(from);
+                    to.copy_(kept);
                 }
             }
             else
@@ -384,14 +425,221 @@ public static class SegmentationTrainer
                 var spent = _accountant!.GetEpsilon(_plan.Delta!.Value);
                 privacy = new PrivacySpent(spent, _plan.Delta.Value, _plan.TargetEpsilon!.Value, _plan.NoiseMultiplier, _plan.ClipNorm, _plan.SampleRate,
                     _accountant.TotalSteps, _plan.Accountant.ToName(), _plan.TrainingPatients, _noise!.Description,
-                    _noise.IsCryptographicallySecure && _sampler!.IsCryptographicallySecure);
+                    _noise.IsCryptographicallySecure && secret is null);
             }
 
             var model = _evalModel;
             _evalModelTaken = true;
             return new TrainingResult(model, _config, _plan, [.. _epochs], privacy, step, bestEpoch, bestDice, stopReason,
-                _clock.Elapsed.TotalSeconds, stepSeconds, slicesTotal, patientsTotal);
+                Seconds, stepSeconds, slicesTotal, patientsTotal, lost);
         }
+
+        /// <summary>Wall seconds of training, earlier attempts included.</summary>
+        private double Seconds => _secondsBefore + _clock.Elapsed.TotalSeconds;
+
+        /// <summary>The seeded streams of an epoch: slice choice, augmentation and (tests only) the insecure Poisson sampler.</summary>
+        private void SeedEpoch(int epoch, ulong? insecureSecret)
+        {
+            var seed = _config.Seed;
+            _sliceRandom = new Random(DeriveSeed(seed, 1, epoch));
+            _augmenter = new SliceAugmenter(_config.Augmentation, DeriveSeed(seed, 2, epoch));
+            if (_plan.Mode == PrivacyMode.Dp && insecureSecret is { } secret)
+            {
+                _sampler = PoissonSampler.CreateInsecureSeeded(_plan.SampleRate, DeriveSeed(secret, 3, epoch));
+            }
+        }
+
+        private void CheckResume(TrainingResume? resume)
+        {
+            if (resume is null)
+            {
+                return;
+            }
+
+            if (resume.StepsSpent < (resume.From?.Steps ?? 0) || resume.StepsSpent < 0)
+            {
+                throw new ArgumentException($"the resume counts {resume.StepsSpent} steps spent, fewer than the {resume.From?.Steps ?? 0} of its checkpoint.");
+            }
+
+            if (resume.StepsSpent > _plan.PlannedSteps)
+            {
+                throw new ArgumentException($"earlier attempts may have taken {resume.StepsSpent} steps, more than the {_plan.PlannedSteps} planned: the run cannot resume within its budget.");
+            }
+
+            if (resume.From is { } from)
+            {
+                if (from.Plan != _plan)
+                {
+                    throw new ArgumentException($"the checkpoint was made for another plan ({Describe(from.Plan)}); this run plans {Describe(_plan)}.");
+                }
+
+                if (from.Model != _config.Model)
+                {
+                    throw new ArgumentException("the checkpoint's model architecture differs from the run's model config.");
+                }
+
+                if ((from.Ema is null) != (_ema is null))
+                {
+                    throw new ArgumentException($"the checkpoint was made {(from.Ema is null ? "without" : "with")} EMA; the run's config says otherwise.");
+                }
+
+                if (from.OptimizerKind != OptimizerName(_config.Optimizer.Kind))
+                {
+                    throw new ArgumentException($"the checkpoint holds {from.OptimizerKind} state; the run's optimiser is {OptimizerName(_config.Optimizer.Kind)}.");
+                }
+            }
+
+            static string Describe(TrainingPlan p) => FormattableString.Invariant($"N {p.TrainingPatients}, q {p.SampleRate:G6}, σ {p.NoiseMultiplier:G6}, {p.PlannedSteps} steps");
+        }
+
+        /// <summary>The run's state at the end of epoch <paramref name="epoch"/>, copied to host memory.</summary>
+        private TrainingCheckpoint Snapshot(int epoch, long steps, long lost, int? bestEpoch, double? bestDice, int sinceBest, string? stopReason,
+            long slices, long patients, double stepSeconds)
+        {
+            var names = _model.Layout.ParameterNames;
+            List<SafeTensor> Named(IEnumerable<Tensor> tensors) => [.. names.Zip(tensors, (n, t) => TorchSafeTensors.FromTensor(n, t))];
+            var optimizerTensors = new List<SafeTensor>();
+            var optimizerSteps = new List<long>();
+            var states = ((OptimizerHelper)_optimizer).state_dict().State;
+            for (var i = 0; i < states.Count; i++)
+            {
+                switch (states[i])
+                {
+                    case Adam.State a:
+                        optimizerSteps.Add(a.step);
+                        AddMoments(i, a.exp_avg, a.exp_avg_sq, a.max_exp_avg_sq);
+                        break;
+                    case AdamW.State a:
+                        optimizerSteps.Add(a.step);
+                        AddMoments(i, a.exp_avg, a.exp_avg_sq, a.max_exp_avg_sq);
+                        break;
+                    case SGD.State g when g.momentum_buffer is not null:
+                        optimizerTensors.Add(TorchSafeTensors.FromTensor(FormattableString.Invariant($"{i}/momentum_buffer"), g.momentum_buffer));
+                        break;
+                    case SGD.State:
+                        break;
+                    default:
+                        throw new NotSupportedException($"optimiser state {states[i].GetType().Name} cannot be checkpointed.");
+                }
+            }
+
+            return new TrainingCheckpoint
+            {
+                Epoch = epoch,
+                Steps = steps,
+                LostSteps = lost,
+                Plan = _plan,
+                Model = _config.Model!,
+                Epochs = [.. _epochs],
+                BestEpoch = bestEpoch,
+                BestValidationDice = bestDice,
+                SinceBest = sinceBest,
+                StopReason = stopReason,
+                SlicesProcessed = slices,
+                PatientsProcessed = patients,
+                StepSeconds = stepSeconds,
+                TrainSeconds = Seconds,
+                EmaUpdates = _ema?.Updates ?? 0,
+                OptimizerKind = OptimizerName(_config.Optimizer.Kind),
+                OptimizerSteps = optimizerSteps,
+                Weights = Named(_model.OrderedParameters()),
+                Ema = _ema is null ? null : Named(_ema.Averages),
+                Best = _best is null ? null : Named(_best),
+                OptimizerTensors = optimizerTensors,
+            };
+
+            void AddMoments(int i, Tensor mean, Tensor square, Tensor? max)
+            {
+                optimizerTensors.Add(TorchSafeTensors.FromTensor(FormattableString.Invariant($"{i}/exp_avg"), mean));
+                optimizerTensors.Add(TorchSafeTensors.FromTensor(FormattableString.Invariant($"{i}/exp_avg_sq"), square));
+                if (max is not null)
+                {
+                    optimizerTensors.Add(TorchSafeTensors.FromTensor(FormattableString.Invariant($"{i}/max_exp_avg_sq"), max));
+                }
+            }
+        }
+
+        /// <summary>Puts a checkpoint's state into this run (its plan, model and optimiser were checked by <see cref="CheckResume"/>).</summary>
+        private void Restore(TrainingCheckpoint from)
+        {
+            using var _ = no_grad();
+            var parameters = _model.OrderedParameters();
+            CopyInto(parameters, from.Weights, "weights");
+            if (_ema is not null)
+            {
+                CopyInto(_ema.Averages, from.Ema!, "EMA averages");
+                _ema.Updates = from.EmaUpdates;
+            }
+
+            if (from.Best is { } best)
+            {
+                var shapes = _evalModel.OrderedParameters();
+                _best = [.. best.Zip(shapes, (t, p) => t.Shape.SequenceEqual(p.shape)
+                    ? TorchSafeTensors.ToTensor(t, _device).DetachFromDisposeScope()
+                    : throw new ArgumentException($"the checkpoint's best weights {t.Name} have another shape than the model's."))];
+            }
+
+            var tensors = from.OptimizerTensors.ToDictionary(t => t.Name, StringComparer.Ordinal);
+            var states = ((OptimizerHelper)_optimizer).state_dict().State;
+            if (states.Count != parameters.Count || (from.OptimizerSteps.Count > 0 && from.OptimizerSteps.Count != states.Count))
+            {
+                throw new ArgumentException($"the checkpoint's optimiser state covers {from.OptimizerSteps.Count} parameters; the model has {parameters.Count}.");
+            }
+
+            Tensor Get(int i, string field) => tensors.TryGetValue(FormattableString.Invariant($"{i}/{field}"), out var t)
+                ? TorchSafeTensors.ToTensor(t, _device)
+                : throw new ArgumentException($"the checkpoint lacks the optimiser's {field} of parameter {i}.");
+            for (var i = 0; i < states.Count; i++)
+            {
+                using var scope = NewDisposeScope();
+                switch (states[i])
+                {
+                    case Adam.State a:
+                        a.step = from.OptimizerSteps[i];
+                        a.exp_avg.copy_(Get(i, "exp_avg"));
+                        a.exp_avg_sq.copy_(Get(i, "exp_avg_sq"));
+                        a.max_exp_avg_sq?.copy_(Get(i, "max_exp_avg_sq"));
+                        break;
+                    case AdamW.State a:
+                        a.step = from.OptimizerSteps[i];
+                        a.exp_avg.copy_(Get(i, "exp_avg"));
+                        a.exp_avg_sq.copy_(Get(i, "exp_avg_sq"));
+                        a.max_exp_avg_sq?.copy_(Get(i, "max_exp_avg_sq"));
+                        break;
+                    case SGD.State g when tensors.ContainsKey(FormattableString.Invariant($"{i}/momentum_buffer")):
+                        g.momentum_buffer ??= zeros_like(parameters[i]).DetachFromDisposeScope();
+                        g.momentum_buffer.copy_(Get(i, "momentum_buffer"));
+                        break;
+                    case SGD.State:
+                        break;
+                    default:
+                        throw new NotSupportedException($"optimiser state {states[i].GetType().Name} cannot be restored.");
+                }
+            }
+
+            _epochs.AddRange(from.Epochs);
+        }
+
+        private static void CopyInto(IReadOnlyList<Tensor> targets, IReadOnlyList<SafeTensor> sources, string what)
+        {
+            if (targets.Count != sources.Count)
+            {
+                throw new ArgumentException($"the checkpoint holds {sources.Count} {what} tensors; the model has {targets.Count}.");
+            }
+
+            foreach (var (to, from) in targets.Zip(sources))
+            {
+                if (!from.Shape.SequenceEqual(to.shape))
+                {
+                    throw new ArgumentException($"the checkpoint's {what} tensor {from.Name} is [{string.Join(", ", from.Shape)}]; the model needs [{string.Join(", ", to.shape)}].");
+                }
+
+                using var value = TorchSafeTensors.ToTensor(from);
+                to.copy_(value);
+            }
+        }
+
+        private static string OptimizerName(OptimizerKind kind) => kind.ToString().ToLowerInvariant();
 
         /// <summary>
         /// One DP step over the sampled patients: nearly equal chunks of whole patients through the engine, each padded
@@ -602,6 +850,9 @@ public static class SegmentationTrainer
 
     private static int RoundUp(int value, int multiple) => (value + multiple - 1) / multiple * multiple;
 
+    /// <summary>A 32-bit seed for one of the run's random streams in epoch <paramref name="epoch"/> (1-based).</summary>
+    internal static int DeriveSeed(ulong seed, int stream, int epoch) => DeriveSeed(seed + (0xD1B54A32D192ED03UL * (ulong)epoch), stream);
+
     /// <summary>A 32-bit seed for one of the run's random streams.</summary>
     internal static int DeriveSeed(ulong seed, int stream)
     {
@@ -616,7 +867,6 @@ public static class SegmentationTrainer
     private sealed class WeightAverage : IDisposable
     {
         private readonly double _decay;
-        private long _updates;
 
         public WeightAverage(UNet2d model, double decay)
         {
@@ -627,10 +877,13 @@ public static class SegmentationTrainer
 
         public Tensor[] Averages { get; }
 
+        /// <summary>Updates so far (the warm-up's t).</summary>
+        public long Updates { get; set; }
+
         public void Update(UNet2d model)
         {
-            _updates++;
-            var d = Math.Min(_decay, (1.0 + _updates) / (10.0 + _updates));
+            Updates++;
+            var d = Math.Min(_decay, (1.0 + Updates) / (10.0 + Updates));
             using var _ = no_grad();
             foreach (var (average, p) in Averages.Zip(model.OrderedParameters()))
             {

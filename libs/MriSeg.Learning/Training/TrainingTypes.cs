@@ -25,6 +25,26 @@ public sealed record TrainingOptions
     /// this way has no privacy. Null (the default) uses the OS CSPRNG for both.
     /// </summary>
     public ulong? InsecureDeterministicPrivacySeed { get; init; }
+
+    /// <summary>
+    /// Continues an interrupted run: from its last checkpoint's state (when there is one), with every step an earlier
+    /// attempt may have taken composed by the accountant first, so only the remaining planned steps run. The plan (q, σ,
+    /// steps, N) and the model must be the checkpoint's. Null starts a new run.
+    /// </summary>
+    public TrainingResume? Resume { get; init; }
+
+    /// <summary>
+    /// Called at the end of every epoch (after validation, the last epoch included) with the run's state, on the
+    /// training thread; the run waits for it. A clean room seals and stores it; null (the default) snapshots nothing.
+    /// </summary>
+    public Action<TrainingCheckpoint>? Checkpoint { get; init; }
+
+    /// <summary>
+    /// Called before each chunk of steps (an epoch) with the step count the chunk may reach, the accountant's count
+    /// (earlier attempts' steps included); no step of the chunk starts before it returns. The place to make a durable
+    /// record of the steps that may be spent, so that a run killed mid-chunk is charged the whole chunk on resume.
+    /// </summary>
+    public Action<long>? BeforeSteps { get; init; }
 }
 
 /// <summary>What a progress report is about.</summary>
@@ -135,8 +155,9 @@ public sealed class TrainingResult : IDisposable
 {
     internal TrainingResult(
         UNet2d model, TrainingConfig config, TrainingPlan plan, IReadOnlyList<EpochSummary> epochs, PrivacySpent? privacy, long steps,
-        int? bestEpoch, double? bestValidationDice, string stopReason, double trainSeconds, double stepSeconds, long slices, long patients)
+        int? bestEpoch, double? bestValidationDice, string stopReason, double trainSeconds, double stepSeconds, long slices, long patients, long lostSteps = 0)
     {
+        LostSteps = lostSteps;
         Model = model;
         Config = config;
         Plan = plan;
@@ -167,8 +188,11 @@ public sealed class TrainingResult : IDisposable
     /// <summary>Privacy spent (null when non-private).</summary>
     public PrivacySpent? Privacy { get; }
 
-    /// <summary>Steps taken.</summary>
+    /// <summary>Steps taken, counted as the accountant counts them: a resumed run's include its earlier attempts' (<see cref="LostSteps"/> too).</summary>
     public long Steps { get; }
+
+    /// <summary>Of <see cref="Steps"/>, the steps taken by interrupted attempts after their last checkpoint: spent, but their updates were discarded.</summary>
+    public long LostSteps { get; }
 
     /// <summary>The epoch whose weights <see cref="Model"/> holds when chosen on validation; null otherwise.</summary>
     public int? BestEpoch { get; }
