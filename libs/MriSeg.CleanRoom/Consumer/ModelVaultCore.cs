@@ -292,6 +292,8 @@ public sealed class ModelPuller(BlobServiceClient blobs, Func<string, Cancellati
             ModelSha256 = Convert.ToHexStringLower(SHA256.HashData(plain[UNetModelFile.WeightsFileName])),
             CodeMeasurement = verified.Measurement,
             Architecture = manifest.Architecture.ToJson(),
+            Modalities = { manifest.Input.Modalities },
+            LabelChannels = { manifest.Input.LabelChannels },
         };
         using (var metrics = JsonDocument.Parse(plain[TrainingOutputs.MetricsFileName]))
         {

@@ -60,15 +60,22 @@ public sealed class Segmenter : IDisposable
     /// a case folder (its siblings give the other modalities), comma-separated files in the model's channel order, or a
     /// single file for a one-channel model.
     /// </summary>
-    public IReadOnlyList<string> ResolveInputs(string input)
+    public IReadOnlyList<string> ResolveInputs(string input) => ResolveInputs(input, Manifest.Input.Modalities);
+
+    /// <summary>
+    /// As <see cref="ResolveInputs(string)"/>, for a model whose input channels are <paramref name="modalityNames"/>
+    /// (model.json's <c>input.modalities</c>, or a registered model's record), without loading it.
+    /// </summary>
+    public static IReadOnlyList<string> ResolveInputs(string input, IReadOnlyList<string> modalityNames)
     {
         ArgumentException.ThrowIfNullOrEmpty(input);
-        var modalities = Modalities();
+        ArgumentNullException.ThrowIfNull(modalityNames);
+        var modalities = PreprocessOptions.ParseModalities(string.Join(',', modalityNames));
         if (input.Contains(',', StringComparison.Ordinal))
         {
             var files = input.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
             return files.Length == modalities.Count ? files
-                : throw new ArgumentException($"{files.Length} files given; the model takes {modalities.Count} channels ({string.Join(", ", Manifest.Input.Modalities)})");
+                : throw new ArgumentException($"{files.Length} files given; the model takes {modalities.Count} channels ({string.Join(", ", modalityNames)})");
         }
 
         if (File.Exists(input) && modalities.Count == 1)

@@ -1,0 +1,79 @@
+using System.Globalization;
+using Azure;
+using Grpc.Core;
+using MriSeg.CleanRoom.Consumer;
+using MriSeg.Imaging.Nifti;
+using MriSeg.Imaging.Preprocessing;
+using MriSeg.Imaging.Slices;
+using MriSeg.Learning.Torch;
+
+namespace MriSeg.ModelVault;
+
+/// <summary>
+/// The status each failure becomes: one line naming what failed; never key material or image content. A refused pull
+/// maps by its <see cref="PullFailure"/>: an invalid request INVALID_ARGUMENT, missing outputs NOT_FOUND, a package that
+/// fails a check (sealed SHA-256, signature, manifest, authentication) DATA_LOSS (the bytes are not the ones the clean
+/// room sealed: retrying cannot help, and it is told apart from a policy refusal), an attestation the vault's policy does
+/// not accept FAILED_PRECONDITION, and an output key the KeyBroker does not release PERMISSION_DENIED (UNAVAILABLE when
+/// the broker cannot be reached, FAILED_PRECONDITION when it does not accept the vault's own credentials).
+/// </summary>
+internal static class Errors
+{
+    public static RpcException InvalidArgument(string message) => new(new Status(StatusCode.InvalidArgument, message));
+
+    public static RpcException NotFound(string message) => new(new Status(StatusCode.NotFound, message));
+
+    public static RpcException FailedPrecondition(string message) => new(new Status(StatusCode.FailedPrecondition, message));
+
+    public static RpcException PermissionDenied(string message) => new(new Status(StatusCode.PermissionDenied, message));
+
+    public static RpcException Unavailable(string message) => new(new Status(StatusCode.Unavailable, message));
+
+    public static RpcException ResourceExhausted(string message) => new(new Status(StatusCode.ResourceExhausted, message));
+
+    /// <summary>A refused pull as a status.</summary>
+    public static RpcException FromPull(ModelPullException e, CancellationToken cancellationToken)
+    {
+        var message = OneLine(e.Message);
+        return e.Failure switch
+        {
+            PullFailure.InvalidRequest => InvalidArgument(message),
+            PullFailure.NotFound => NotFound(message),
+            PullFailure.TamperedPackage => new RpcException(new Status(StatusCode.DataLoss, $"refused: {message}")),
+            PullFailure.AttestationRefused => FailedPrecondition($"refused: {message}"),
+            PullFailure.KeyRefused => e.InnerException switch
+            {
+                RpcException { StatusCode: StatusCode.Unavailable or StatusCode.DeadlineExceeded } => Unavailable(message),
+                RpcException { StatusCode: StatusCode.Cancelled } when !cancellationToken.IsCancellationRequested =>
+                    Unavailable($"{message} (no answer in time: ModelVault:KeyBrokerTimeoutSeconds)"),
+                RpcException { StatusCode: StatusCode.Unauthenticated } =>
+                    FailedPrecondition($"{message} (is ModelVault:PartyKeyPath the key registered for the consumer?)"),
+                _ => PermissionDenied(message),
+            },
+            _ => new RpcException(new Status(StatusCode.Internal, message)),
+        };
+    }
+
+    /// <summary>Any failure of <paramref name="operation"/> as a status; unexpected ones are logged and answered INTERNAL.</summary>
+    public static RpcException Map(Exception e, string operation, ILogger logger, CancellationToken cancellationToken) => e switch
+    {
+        RpcException rpc => rpc,
+        OperationCanceledException when cancellationToken.IsCancellationRequested => new RpcException(new Status(StatusCode.Cancelled, $"{operation}: cancelled")),
+        ModelPullException pull => FromPull(pull, cancellationToken),
+        NiftiFormatException or SliceFormatException or PreprocessException or ArgumentException => InvalidArgument($"{operation}: {OneLine(e.Message)}"),
+        TorchUnavailableException torch => FailedPrecondition($"{operation}: libtorch is unavailable on the ModelVault's machine: {OneLine(torch.Message)}"),
+        RequestFailedException { Status: 404 } s => NotFound($"{operation}: storage: not found ({s.ErrorCode ?? "404"})"),
+        RequestFailedException { Status: 401 or 403 } s => PermissionDenied($"{operation}: storage denied access ({s.ErrorCode ?? s.Status.ToString(CultureInfo.InvariantCulture)})"),
+        RequestFailedException s => Unavailable($"{operation}: storage error {s.Status.ToString(CultureInfo.InvariantCulture)} ({s.ErrorCode ?? "no error code"})"),
+        IOException or UnauthorizedAccessException => Unexpected(e, operation, logger, StatusCode.Unavailable),
+        _ => Unexpected(e, operation, logger, StatusCode.Internal),
+    };
+
+    public static string OneLine(string text) => text.ReplaceLineEndings(" ");
+
+    private static RpcException Unexpected(Exception e, string operation, ILogger logger, StatusCode code)
+    {
+        logger.LogError(e, "{Operation} failed", operation);
+        return new RpcException(new Status(code, $"{operation}: failed ({e.GetType().Name}; the service log has the details)"));
+    }
+}
