@@ -47,16 +47,59 @@ IResourceBuilder<ProjectResource> AddService<TProject>(string name) where TProje
 }
 
 var keyBroker = AddService<Projects.MriSeg_KeyBroker>(ServiceCatalog.KeyBroker);
-AddService<Projects.MriSeg_Preprocess>(ServiceCatalog.Preprocess);
+var preprocess = AddService<Projects.MriSeg_Preprocess>(ServiceCatalog.Preprocess);
 var packaging = AddService<Projects.MriSeg_Packaging>(ServiceCatalog.Packaging).WithReference(keyBroker);
+var trainer = AddService<Projects.MriSeg_Trainer>(ServiceCatalog.Trainer).WithReference(keyBroker);
+var modelVault = AddService<Projects.MriSeg_ModelVault>(ServiceCatalog.ModelVault).WithReference(keyBroker);
+IResourceBuilder<ProjectResource>[] services = [preprocess, packaging, keyBroker, trainer, modelVault];
 if (builder.ExecutionContext.IsRunMode)
 {
     keyBroker.WithEnvironment("KeyBroker__KeysDirectory", Path.Combine(keysLocation, "keybroker"));
+
+    // Packaging holds every local party's signing key (hospitals and the consumer); the consumer's ModelVault uses the
+    // same folder for the consumer's key, as both run on the consumer's premises. The clean room keeps its own.
     packaging.WithEnvironment("Packaging__KeysDirectory", Path.Combine(keysLocation, "keys"));
+    modelVault.WithEnvironment("ModelVault__KeysDirectory", Path.Combine(keysLocation, "keys"));
+    trainer.WithEnvironment("Trainer__PartyKeyPath", Path.Combine(keysLocation, "cleanroom", "party.key"));
+
+    // The development attestation authority lives in the KeyBroker at /dev-attestation; its issuer URL is the KeyBroker's
+    // HTTP endpoint as allocated for this run (ports may be randomised, as in tests), told to everyone who uses it.
+    var issuer = ReferenceExpression.Create($"{keyBroker.GetEndpoint(ServiceCatalog.HttpEndpoint)}/dev-attestation");
+    keyBroker.WithEnvironment("KeyBroker__DevelopmentAuthority__Issuer", issuer);
+    trainer.WithEnvironment("Trainer__AttestationIssuer", issuer);
+    modelVault.WithEnvironment("ModelVault__DevelopmentAuthority__Issuer", issuer);
 }
 
-AddService<Projects.MriSeg_Trainer>(ServiceCatalog.Trainer).WithReference(keyBroker);
-AddService<Projects.MriSeg_ModelVault>(ServiceCatalog.ModelVault).WithReference(keyBroker);
+// The main job: once every service is healthy, `mriseg scenario run` plays three hospitals and a model consumer through
+// the six phases (outputs in ./output/<run-id>/). MRISEG_SCENARIO=off starts the services alone; MRISEG_SCENARIO_ARGS adds
+// arguments (e.g. "--patients 50 --epochs 3").
+if (builder.ExecutionContext.IsRunMode && !string.Equals(builder.Configuration["MRISEG_SCENARIO"], "off", StringComparison.OrdinalIgnoreCase))
+{
+    var scenario = builder.AddProject<Projects.MriSeg_Cli>("scenario")
+        .WithReference(blobs)
+        .WithEnvironment("DOTNET_ENVIRONMENT", builder.Environment.EnvironmentName)
+        .WithArgs(context =>
+        {
+            context.Args.Add("scenario");
+            context.Args.Add("run");
+            context.Args.Add("--out");
+            context.Args.Add(Path.Combine(repositoryRoot, "output"));
+            foreach (var service in services)
+            {
+                context.Args.Add("--endpoint");
+                context.Args.Add(ReferenceExpression.Create($"{service.Resource.Name}={service.GetEndpoint(ServiceCatalog.GrpcEndpoint)}"));
+            }
+
+            foreach (var extra in (builder.Configuration["MRISEG_SCENARIO_ARGS"] ?? "").Split(' ', StringSplitOptions.RemoveEmptyEntries))
+            {
+                context.Args.Add(extra);
+            }
+        });
+    foreach (var service in services)
+    {
+        scenario.WaitFor(service);
+    }
+}
 
 var endpointsFile = builder.Configuration["MriSeg:EndpointsFile"] is { Length: > 0 } file
     ? Path.GetFullPath(file)

@@ -29,7 +29,7 @@ public sealed class EndpointsFileWriter(IServiceProvider services, string path) 
             {
                 ProcessId = Environment.ProcessId,
                 Dashboard = services.GetRequiredService<IConfiguration>()["ASPNETCORE_URLS"]?.Split(';')[0],
-                Services = model.Resources.OfType<ProjectResource>()
+                Services = model.Resources.OfType<ProjectResource>().Where(r => ServiceCatalog.All.Any(s => s.Name == r.Name))
                     .ToDictionary(
                         r => r.Name,
                         r => r.Annotations.OfType<EndpointAnnotation>()
@@ -37,6 +37,14 @@ public sealed class EndpointsFileWriter(IServiceProvider services, string path) 
                             .ToDictionary(e => e.Name, e => e.AllocatedEndpoint!.UriString),
                         StringComparer.OrdinalIgnoreCase),
             };
+            foreach (var storage in model.Resources.OfType<AzuriteResource>())
+            {
+                if (await storage.ConnectionStringExpression.GetValueAsync(stoppingToken) is { } connection)
+                {
+                    file.Storage[storage.Name] = connection;
+                }
+            }
+
             file.Write(path);
             logger.LogInformation("All MriSeg services are healthy; their endpoints are in {Path} for the mriseg CLI.", path);
             await Task.Delay(Timeout.Infinite, stoppingToken);

@@ -32,6 +32,13 @@ public sealed record EndpointsFile
     [JsonObjectCreationHandling(JsonObjectCreationHandling.Populate)]
     public Dictionary<string, Dictionary<string, string>> Services { get; init; } = new(StringComparer.OrdinalIgnoreCase);
 
+    /// <summary>
+    /// Local storage connection strings by connection name (<c>blobs</c>, <c>tables</c>): the Azurite emulator's, whose
+    /// account key is the published development key, so that <c>mriseg scenario run</c> can stage the parties' files.
+    /// </summary>
+    [JsonObjectCreationHandling(JsonObjectCreationHandling.Populate)]
+    public Dictionary<string, string> Storage { get; init; } = new(StringComparer.OrdinalIgnoreCase);
+
     public bool WriterIsRunning()
     {
         try

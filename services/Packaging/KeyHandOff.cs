@@ -93,6 +93,33 @@ public sealed class KeyHandOff(V1.KeyBroker.KeyBrokerClient broker, OwnerKeyStor
         return new V1.HandOffKeyResponse { KeyId = imported.KeyId, ContractId = request.Contract?.ContractId ?? "" };
     }
 
+    /// <summary>The KeyBroker's public key, fetched as <paramref name="owner"/> (registered first with the role of <paramref name="purpose"/>'s owner).</summary>
+    public async Task<RecipientPublicKey> BrokerRecipientAsync(string owner, V1.KeyPurpose purpose, CancellationToken cancellationToken)
+    {
+        var role = PartyRoles.OwnerOf(purpose) ?? throw Errors.InvalidArgument($"no key purpose for this content type ({purpose})");
+        var signer = await keys.GetAsync(owner, cancellationToken);
+        var party = new KeyBrokerParty(broker, owner, signer);
+        await EnsureRegisteredAsync(party, signer.Thumbprint, role, cancellationToken);
+        V1.BrokerKey brokerKey;
+        try
+        {
+            brokerKey = await broker.GetBrokerKeyAsync(new V1.GetBrokerKeyRequest(), party.Credentials(), Deadline(), cancellationToken);
+        }
+        catch (RpcException e)
+        {
+            throw FromBroker(e, $"fetching the KeyBroker's public key as '{owner}'");
+        }
+
+        try
+        {
+            return RecipientPublicKey.FromPem(brokerKey.PublicKeyPem);
+        }
+        catch (SealedPackageException e)
+        {
+            throw Errors.FailedPrecondition($"the KeyBroker's public key is unusable: {e.Message}");
+        }
+    }
+
     private async Task EnsureRegisteredAsync(KeyBrokerParty party, string thumbprint, PartyRole role, CancellationToken cancellationToken)
     {
         var cacheKey = party.PartyId + "\n" + thumbprint + "\n" + role;

@@ -27,6 +27,14 @@ internal static class Mapping
         _ => V1.ContentType.Unspecified,
     };
 
+    /// <summary>The purpose of the key of a package of <paramref name="type"/> (whose owner role registers with the KeyBroker).</summary>
+    public static V1.KeyPurpose PurposeOf(ContentType type) => type switch
+    {
+        ContentType.Dataset => V1.KeyPurpose.Dataset,
+        ContentType.Model or ContentType.Pipeline => V1.KeyPurpose.Model,
+        _ => V1.KeyPurpose.Output,
+    };
+
     public static V1.PackageManifest ToContract(PackageInfo info)
     {
         var m = info.Manifest;

@@ -88,7 +88,14 @@ public sealed class PackagingService(
             throw Errors.InvalidArgument($"chunk_size {request.ChunkSize}: must be 0 (the default) or between {PackageFormat.MinChunkSize} and {PackageFormat.MaxChunkSize}");
         }
 
-        var recipient = ParseRecipient(request.RecipientPublicKeyPem);
+        if (request.RecipientIsKeyBroker && !string.IsNullOrWhiteSpace(request.RecipientPublicKeyPem))
+        {
+            throw Errors.InvalidArgument("give recipient_public_key_pem or recipient_is_key_broker, not both");
+        }
+
+        var recipient = request.RecipientIsKeyBroker
+            ? await handOff.BrokerRecipientAsync(owner, Mapping.PurposeOf(contentType), cancellationToken)
+            : ParseRecipient(request.RecipientPublicKeyPem);
         var source = ParseSource(request.Source);
         var destinationContainer = string.IsNullOrEmpty(request.Destination?.Container) ? owner : request.Destination.Container;
         if (!OwnerIds.IsContainerName(destinationContainer))

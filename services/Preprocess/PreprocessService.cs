@@ -93,9 +93,21 @@ public sealed partial class PreprocessService(PreprocessSettings settings, BlobS
                 throw Errors.InvalidArgument($"size must be a multiple of 16 from 32 to 512, got {request.Size}");
             }
 
+            var depth = request.Depth == 0 ? Math.Max(16, side / 2) : request.Depth;
+            if (depth < 16 || depth > side)
+            {
+                throw Errors.InvalidArgument($"depth must be from 16 to the size {side}, got {request.Depth}");
+            }
+
+            if (request.Site is < 0 or > 1000)
+            {
+                throw Errors.InvalidArgument($"site must be 0 to 1000, got {request.Site}");
+            }
+
+            var site = request.Site == 0 ? 1 : request.Site;
             var generator = new PhantomGenerator(new PhantomOptions
             {
-                Size = new GridSize(side, side, Math.Max(16, side / 2)),
+                Size = new GridSize(side, side, depth),
                 Seed = request.Seed == 0 ? PhantomOptions.Default.Seed : request.Seed,
                 MaxDegreeOfParallelism = settings.MaxParallelism,
             });
@@ -106,7 +118,7 @@ public sealed partial class PreprocessService(PreprocessSettings settings, BlobS
                 var folder = LocalPath(target.LocalPath);
                 Directory.CreateDirectory(folder);
                 await job.SendAsync(V1.JobState.Running, "generating", $"{request.Patients} phantoms into {folder}", 0, request.Patients, ct);
-                generator.WriteSite(folder, 1, request.Patients, cancellationToken: ct);
+                generator.WriteSite(folder, site, request.Patients, cancellationToken: ct);
             }
             else if (target.WhereCase == V1.Location.WhereOneofCase.Blob)
             {
@@ -116,7 +128,7 @@ public sealed partial class PreprocessService(PreprocessSettings settings, BlobS
                 try
                 {
                     await job.SendAsync(V1.JobState.Running, "generating", $"{request.Patients} phantoms", 0, request.Patients, ct);
-                    generator.WriteSite(scratch.Path, 1, request.Patients, cancellationToken: ct);
+                    generator.WriteSite(scratch.Path, site, request.Patients, cancellationToken: ct);
                     var files = Directory.GetFiles(scratch.Path, "*", SearchOption.AllDirectories);
                     var done = 0;
                     foreach (var file in files)

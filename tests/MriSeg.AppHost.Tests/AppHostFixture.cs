@@ -7,8 +7,15 @@ using MriSeg.Contracts;
 
 namespace MriSeg.AppHost.Tests;
 
+/// <summary>The whole-app test classes share one AppHost (a start costs 30-40 s) and run one after the other.</summary>
+[CollectionDefinition(Name)]
+public sealed class AppHostCollection : ICollectionFixture<AppHostFixture>
+{
+    public const string Name = "apphost";
+}
+
 /// <summary>
-/// One AppHost for the whole test class (a start costs 30-40 s), with its own temporary storage and
+/// One AppHost for the whole-app tests (a start costs 30-40 s), with its own temporary storage and
 /// endpoints file so it never shares state with a developer's AppHost or a parallel run.
 /// </summary>
 public sealed class AppHostFixture : IAsyncLifetime
@@ -32,6 +39,8 @@ public sealed class AppHostFixture : IAsyncLifetime
                 $"--MriSeg:StorageLocation={Path.Combine(_work.FullName, "azurite")}",
                 $"--MriSeg:EndpointsFile={EndpointsFilePath}",
                 $"--MriSeg:KeysLocation={KeysLocation}",
+                // The tests drive the scenario themselves (ScenarioAppTests), with small sizes.
+                "--MRISEG_SCENARIO=off",
             ],
             cts.Token);
         App = await builder.BuildAsync(cts.Token);

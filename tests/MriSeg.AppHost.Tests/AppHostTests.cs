@@ -15,7 +15,8 @@ using MriSeg.Sealing;
 namespace MriSeg.AppHost.Tests;
 
 [Trait("Category", "App")]
-public sealed class AppHostTests(AppHostFixture fixture) : IClassFixture<AppHostFixture>
+[Collection(AppHostCollection.Name)]
+public sealed class AppHostTests(AppHostFixture fixture)
 {
     public static TheoryData<string> Services => [.. ServiceCatalog.All.Select(s => s.Name)];
 

@@ -55,6 +55,10 @@ internal static class Cli
         root.Subcommands.Add(BenchCommand.Create(app));
         root.Subcommands.Add(TrainCommand.Create(app));
         root.Subcommands.Add(TrainCommand.CreateEvaluate(app));
+        root.Subcommands.Add(ModelCommand.Create(app));
+        root.Subcommands.Add(SegmentCommand.Create(app));
+        root.Subcommands.Add(RunCommand.Create(app));
+        root.Subcommands.Add(ScenarioCommand.Create(app));
         return root;
     }
 }
