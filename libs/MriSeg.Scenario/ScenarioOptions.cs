@@ -78,6 +78,9 @@ public sealed record ScenarioOptions
             var privacy = node["privacy"]!.AsObject();
             privacy["epsilon"] = Epsilon;
             privacy["delta"] = Delta;
+            // The KeyBroker checks a run's ε against each contract with the RDP accountant; planning with the (tighter) PRV
+            // accountant would declare an ε the broker computes as over the cap.
+            privacy["accountant"] = "rdp";
         }
 
         if (Epochs is { } epochs)

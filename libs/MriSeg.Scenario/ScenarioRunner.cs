@@ -218,7 +218,7 @@ public sealed class ScenarioRunner(ScenarioEndpoints endpoints, BlobServiceClien
                 await HandOffAsync(packaging, seal, h.Id, V1.KeyPurpose.Dataset, cleanRoom.ReleasePolicyJson, new V1.ContractTerms
                 {
                     ContractId = contractId,
-                    DatasetId = $"{h.Id.ToLowerInvariant()}/{runId}",
+                    DatasetId = $"{h.Id.ToLowerInvariant()}.{runId}",
                     Owner = h.Id,
                     AllowedConsumers = { options.Consumer },
                     Expires = Timestamp.FromDateTimeOffset(DateTimeOffset.UtcNow.AddDays(30)),
@@ -377,7 +377,7 @@ public sealed class ScenarioRunner(ScenarioEndpoints endpoints, BlobServiceClien
                         throw new ScenarioException(phase, $"{who}: {(p.Error.Length > 0 ? p.Error : p.Message)}");
                     }
 
-                    _progress(new ScenarioEvent(phase, PhaseNames[phase - 1], $"{who}: {p.Step} {p.Message}".TrimEnd(), p.Total > 0 ? (double)p.Done / p.Total : null));
+                    _progress(new ScenarioEvent(phase, PhaseNames[phase - 1], $"{who}: {(p.Message.StartsWith(p.Step, StringComparison.Ordinal) ? p.Message : $"{p.Step} {p.Message}")}".TrimEnd(), p.Total > 0 ? (double)p.Done / p.Total : null));
                 }
             }
 

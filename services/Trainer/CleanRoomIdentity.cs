@@ -1,5 +1,4 @@
 using Grpc.Core;
-using Grpc.Net.Client;
 using MriSeg.Contracts.V1;
 using MriSeg.KeyRelease.Attestation;
 using MriSeg.KeyRelease.Client;
@@ -18,9 +17,11 @@ public sealed class CleanRoomIdentity : IDisposable
 {
     private readonly Lazy<SigningKey> _key;
     private readonly Lazy<string> _measurement;
+    private readonly KeyBroker.KeyBrokerClient _broker;
 
-    public CleanRoomIdentity(TrainerSettings settings, IHostEnvironment environment, ILogger<CleanRoomIdentity> logger)
+    public CleanRoomIdentity(TrainerSettings settings, KeyBroker.KeyBrokerClient broker, IHostEnvironment environment, ILogger<CleanRoomIdentity> logger)
     {
+        _broker = broker;
         Settings = settings;
         var create = settings.CreatePartyKey ?? environment.IsDevelopment();
         KeyPath = settings.PartyKeyPath is { Length: > 0 } configured
@@ -42,9 +43,8 @@ public sealed class CleanRoomIdentity : IDisposable
 
     public string Measurement => _measurement.Value;
 
-    /// <summary>A KeyBroker client acting as this clean room.</summary>
-    public KeyBrokerParty Party() =>
-        new(new KeyBroker.KeyBrokerClient(GrpcChannel.ForAddress(Settings.KeyBrokerAddress)), PartyId, Key);
+    /// <summary>A KeyBroker client acting as this clean room (the broker found by service discovery, <see cref="TrainerSettings.KeyBrokerAddress"/>).</summary>
+    public KeyBrokerParty Party() => new(_broker, PartyId, Key);
 
     private static SigningKey Load(string? path, bool create, ILogger logger)
     {
