@@ -443,10 +443,9 @@ public sealed class ScenarioRunner(ScenarioEndpoints endpoints, BlobServiceClien
             {
                 if (name.EndsWith('/'))
                 {
-                    await foreach (var item in client.GetBlobsAsync(BlobTraits.None, BlobStates.None, name, ct).ConfigureAwait(false))
-                    {
-                        await client.DeleteBlobIfExistsAsync(item.Name, cancellationToken: ct).ConfigureAwait(false);
-                    }
+                    // Thousands of small files (five per generated case): deleted concurrently.
+                    await Parallel.ForEachAsync(client.GetBlobsAsync(BlobTraits.None, BlobStates.None, name, ct), new ParallelOptions { MaxDegreeOfParallelism = 16, CancellationToken = ct },
+                        async (item, c) => await client.DeleteBlobIfExistsAsync(item.Name, cancellationToken: c).ConfigureAwait(false)).ConfigureAwait(false);
                 }
                 else
                 {

@@ -237,7 +237,7 @@ public sealed class ModelVaultServiceTests : IClassFixture<AzuriteFixture>, IDis
         }, cancellationToken: Ct);
         AssertPngMask(segmented, 40, 36);
         using var overlay = Image.Load<Rgb24>(segmented.OverlayPng.ToByteArray());
-        Assert.Equal((40, 36), (overlay.Width, overlay.Height));
+        Assert.Equal((40 * 7, 36 * 7), (overlay.Width, overlay.Height)); // enlarged by a whole factor to at least 256 px
         Assert.Equal(1, segmented.Slices);
     }
 

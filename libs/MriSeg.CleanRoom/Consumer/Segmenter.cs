@@ -9,6 +9,7 @@ using MriSeg.Imaging.Slices;
 using MriSeg.Learning.Model;
 using MriSeg.Learning.Training;
 using SixLabors.ImageSharp;
+using SixLabors.ImageSharp.Processing;
 using SixLabors.ImageSharp.PixelFormats;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -426,8 +427,18 @@ internal static class Overlay
             }
         }
 
+        // Small inputs (64x64 phantoms) are enlarged, pixel for pixel, so the contour can be seen.
+        var scale = Math.Max(1, (MinimumSide + Math.Max(width, height) - 1) / Math.Max(width, height));
+        if (scale > 1)
+        {
+            png.Mutate(x => x.Resize(width * scale, height * scale, KnownResamplers.NearestNeighbor));
+        }
+
         png.SaveAsPng(path);
     }
+
+    /// <summary>The overlay's smallest longer side, in pixels.</summary>
+    public const int MinimumSide = 256;
 
     /// <summary>A mask pixel with a 4-neighbour outside the mask (or at the border).</summary>
     internal static bool Boundary(byte[] mask, int offset, Grid grid, int i0, int i1)

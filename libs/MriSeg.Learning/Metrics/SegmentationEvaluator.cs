@@ -31,15 +31,24 @@ public sealed record EvaluationOptions
 public sealed record PatientScores(string PatientId, int Slices, bool HasTumour, IReadOnlyList<double> Dice, IReadOnlyList<double> IoU, IReadOnlyList<double> Hd95);
 
 /// <summary>Means over patients (every patient weighs the same, as in BraTS).</summary>
-/// <param name="Dice">Mean Dice over patients and channels.</param>
-/// <param name="IoU">Mean IoU.</param>
-/// <param name="Hd95">Mean HD95 in pixels (NaN when not computed).</param>
+/// <remarks>
+/// <see cref="Dice"/>, <see cref="IoU"/> and <see cref="Hd95"/> are the whole-tumour channel's (WT, the first
+/// channel of both label schemes), each patient scored over all of its slices stacked, with the BraTS convention:
+/// a patient without tumour scores Dice 1 when nothing is predicted and 0 otherwise. With the one-channel
+/// <c>wt</c> labels this is what these numbers always were; with <c>brats</c> labels (WT, TC, ET) they used to be
+/// means over the three channels, which <see cref="MeanChannelDice"/> and the per-channel lists still give.
+/// </remarks>
+/// <param name="Dice">Mean whole-tumour Dice over patients (BraTS convention).</param>
+/// <param name="IoU">Mean whole-tumour IoU.</param>
+/// <param name="Hd95">Mean whole-tumour HD95 in pixels (NaN when not computed).</param>
 /// <param name="Patients">Patients scored.</param>
 /// <param name="Slices">Slices scored.</param>
 /// <param name="Channels">The label channel names.</param>
 /// <param name="DicePerChannel">Mean Dice of each channel.</param>
 /// <param name="IoUPerChannel">Mean IoU of each channel.</param>
 /// <param name="Hd95PerChannel">Mean HD95 of each channel.</param>
+/// <param name="MeanChannelDice">Mean Dice over patients and all label channels (equal to <paramref name="Dice"/> with one channel).</param>
+/// <param name="DiceStd">Standard deviation of the patients' whole-tumour Dice (population).</param>
 public sealed record MetricSummary(
     double Dice,
     [property: JsonPropertyName("iou")] double IoU,
@@ -49,8 +58,25 @@ public sealed record MetricSummary(
     IReadOnlyList<string> Channels,
     IReadOnlyList<double> DicePerChannel,
     [property: JsonPropertyName("iou_per_channel")] IReadOnlyList<double> IoUPerChannel,
-    IReadOnlyList<double> Hd95PerChannel)
+    IReadOnlyList<double> Hd95PerChannel,
+    double MeanChannelDice,
+    double DiceStd)
 {
+    /// <summary>The whole-tumour channel among <paramref name="channels"/>: "WT" when named so, else the first.</summary>
+    public static int WholeTumourChannel(IReadOnlyList<string> channels)
+    {
+        ArgumentNullException.ThrowIfNull(channels);
+        for (var c = 0; c < channels.Count; c++)
+        {
+            if (string.Equals(channels[c], "WT", StringComparison.OrdinalIgnoreCase))
+            {
+                return c;
+            }
+        }
+
+        return 0;
+    }
+
     /// <summary>Means of per-patient scores.</summary>
     public static MetricSummary From(IReadOnlyList<PatientScores> patients, IReadOnlyList<string> channels)
     {
@@ -67,7 +93,10 @@ public sealed record MetricSummary(
         var dice = Mean(p => p.Dice);
         var iou = Mean(p => p.IoU);
         var hd = Mean(p => p.Hd95);
-        return new MetricSummary(dice.Average(), iou.Average(), hd.Average(), patients.Count, patients.Sum(p => p.Slices), [.. channels], dice, iou, hd);
+        var wt = WholeTumourChannel(channels);
+        var mean = dice[wt];
+        var std = Math.Sqrt(patients.Average(p => (p.Dice[wt] - mean) * (p.Dice[wt] - mean)));
+        return new MetricSummary(dice[wt], iou[wt], hd[wt], patients.Count, patients.Sum(p => p.Slices), [.. channels], dice, iou, hd, dice.Average(), std);
     }
 }
 

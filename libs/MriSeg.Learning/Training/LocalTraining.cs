@@ -60,7 +60,7 @@ public static class LocalTraining
         var training = SegmentationTrainer.Train(train, validation, config, options);
         try
         {
-            var test = split.Test.Count > 0 ? SegmentationEvaluator.Evaluate(training.Model, data.SelectPatients(split.Test)) : null;
+            var test = split.Test.Count > 0 ? SegmentationEvaluator.Evaluate(training.Model, data.SelectPatients(split.Test), config.Evaluation.ToOptions()) : null;
             return new LocalTrainingResult(training, split, test, DatasetSchema.Of(data));
         }
         catch

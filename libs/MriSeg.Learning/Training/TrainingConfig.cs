@@ -204,6 +204,20 @@ public sealed record SplitConfig
     public bool Stratify { get; init; } = true;
 }
 
+/// <summary>How held-out patients are scored (test split, <c>mriseg evaluate</c>, cross-validation).</summary>
+public sealed record EvaluationConfig
+{
+    /// <summary>A pixel is tumour when the model's probability exceeds this.</summary>
+    public double Threshold { get; init; } = 0.5;
+
+    /// <summary>Test-time augmentation: average the probabilities of each slice and of its left-right mirror.</summary>
+    public bool MirrorAveraging { get; init; }
+
+    /// <summary>The evaluator's options.</summary>
+    public Metrics.EvaluationOptions ToOptions(bool computeHd95 = true) =>
+        new() { Threshold = Threshold, MirrorAveraging = MirrorAveraging, ComputeHd95 = computeHd95 };
+}
+
 /// <summary>
 /// Everything a training run needs besides the data: the model, the privacy mode and budget, the sampling,
 /// the optimiser and schedule, augmentation, EMA, validation and the split. The JSON form (snake_case) is the
@@ -213,6 +227,12 @@ public sealed record TrainingConfig
 {
     /// <summary>The architecture; null takes the reference U-Net with in/out channels from the data.</summary>
     public UNetConfig? Model { get; init; }
+
+    /// <summary>How raw case folders become slices for this recipe; null: the pre-processor's defaults (and no check of shards).</summary>
+    public PreprocessingConfig? Preprocessing { get; init; }
+
+    /// <summary>How held-out patients are scored (threshold, test-time augmentation).</summary>
+    public EvaluationConfig Evaluation { get; init; } = new();
 
     /// <summary>Privacy mode, budget, accountant, clip norm.</summary>
     public PrivacyConfig Privacy { get; init; } = new();
@@ -288,6 +308,9 @@ public sealed record TrainingConfig
 
         static string F(double v) => v.ToString(CultureInfo.InvariantCulture);
         Model?.Validate();
+        Preprocessing?.Validate();
+        var e = Evaluation ?? throw new ArgumentException("invalid training configuration: evaluation is null.");
+        Require(e.Threshold > 0 && e.Threshold < 1, $"evaluation.threshold must be in (0, 1), got {F(e.Threshold)}.");
         var p = Privacy ?? throw new ArgumentException("invalid training configuration: privacy is null.");
         Require(Enum.IsDefined(p.Mode), "privacy.mode must be dp or non_private.");
         if (p.Mode == PrivacyMode.Dp)

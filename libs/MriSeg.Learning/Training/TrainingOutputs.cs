@@ -11,7 +11,19 @@ namespace MriSeg.Learning.Training;
 /// <param name="Architecture">The U-Net config (as config.json).</param>
 /// <param name="Input">Modalities, label channels, size, normalisation of the training data.</param>
 /// <param name="Training">The run's summary (privacy spent, split sizes, selection, the full recipe).</param>
-public sealed record ModelManifest(string Format, int Version, UNetConfig Architecture, DatasetSchema Input, TrainingSummary Training);
+public sealed record ModelManifest(string Format, int Version, UNetConfig Architecture, DatasetSchema Input, TrainingSummary Training)
+{
+    /// <summary>
+    /// How raw case folders are pre-processed for this model (<c>mriseg evaluate</c> applies it): the recipe's
+    /// <see cref="TrainingConfig.Preprocessing"/>, else what the training data's schema records. Null in manifests
+    /// written before it existed (then derive it from <see cref="Input"/>).
+    /// </summary>
+    public PreprocessingConfig? Preprocessing { get; init; }
+
+    /// <summary>The pre-processing to apply for this model: <see cref="Preprocessing"/>, the recipe's, or one derived from <see cref="Input"/>.</summary>
+    public PreprocessingConfig EffectivePreprocessing() =>
+        Preprocessing ?? Training?.Config?.Preprocessing ?? PreprocessingConfig.FromSchema(Input);
+}
 
 /// <summary>How a model was trained (model.json's <c>training</c>).</summary>
 /// <param name="Mode">"dp" or "non_private".</param>
@@ -144,7 +156,10 @@ public static class TrainingOutputs
             ["mriseg.modalities"] = string.Join(',', run.Data.Modalities),
         };
         UNetModelFile.Save(run.Training.Model, directory, metadata);
-        var manifest = new ModelManifest(ManifestFormat, ManifestVersion, run.Training.Model.Config, run.Data, summary);
+        var manifest = new ModelManifest(ManifestFormat, ManifestVersion, run.Training.Model.Config, run.Data, summary)
+        {
+            Preprocessing = run.Training.Config.Preprocessing ?? PreprocessingConfig.FromSchema(run.Data),
+        };
         var paths = new List<string>
         {
             Path.Combine(directory, UNetModelFile.WeightsFileName),

@@ -12,7 +12,7 @@ using Spectre.Console;
 namespace MriSeg.Cli.Commands;
 
 /// <summary>
-/// <c>mriseg bench</c>: micro-benchmarks, one subcommand each (<c>seal</c>, <c>dp</c>, <c>preprocess</c>).
+/// <c>mriseg bench</c>: micro-benchmarks, one subcommand each (<c>seal</c>, <c>dp</c>, <c>preprocess</c>, <c>quality</c>).
 /// Under --json each prints one line of snake_case JSON, so a script can read the last line of the output.
 /// </summary>
 internal static class BenchCommand
@@ -30,6 +30,7 @@ internal static class BenchCommand
         command.Subcommands.Add(CreateSeal(app));
         command.Subcommands.Add(CreateDp(app));
         command.Subcommands.Add(CreatePreprocess(app));
+        command.Subcommands.Add(BenchQualityCommand.Create(app));
         return command;
     }
 

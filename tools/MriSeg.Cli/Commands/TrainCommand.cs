@@ -10,15 +10,21 @@ using Spectre.Console;
 namespace MriSeg.Cli.Commands;
 
 /// <summary>
-/// <c>mriseg train</c>: local (cleartext) training on dataset shards, patient-level DP-SGD by default
-/// (<c>--epsilon/--delta</c>) or <c>--non-private</c>; writes model.safetensors, config.json, model.json,
-/// metrics.json and curves.png. <c>mriseg evaluate</c>: scores a model folder on shards.
+/// <c>mriseg train</c>: local (cleartext) training on dataset shards or raw case folders (pre-processed in memory by
+/// the recipe's <c>preprocessing</c>), patient-level DP-SGD by default (<c>--epsilon/--delta</c>) or
+/// <c>--non-private</c>; writes model.safetensors, config.json, model.json, metrics.json and curves.png.
+/// <c>mriseg evaluate</c>: scores a model folder on shards or raw folders (pre-processed as the model's model.json says).
 /// </summary>
 internal static class TrainCommand
 {
     public static Command Create(CliApp app)
     {
-        var data = new Option<string>("--data") { Description = "Dataset shards (safetensors), comma-separated; they are joined (one per provider).", Required = true, HelpName = "A.safetensors[,B...]" };
+        var data = new Option<string>("--data")
+        {
+            Description = "Dataset shards (safetensors) or raw case folders (pre-processed by the recipe's preprocessing), comma-separated; joined (one per provider).",
+            Required = true,
+            HelpName = "SHARD|DIR[,...]",
+        };
         var output = new Option<string>("--out") { Description = "Output folder (created; existing outputs are replaced).", Required = true, HelpName = "DIR" };
         var epsilon = new Option<double?>("--epsilon") { Description = "DP-SGD with this epsilon budget for the whole run.", HelpName = "E" };
         var delta = new Option<double?>("--delta") { Description = "DP delta (below 1/training patients).", HelpName = "D" };
@@ -38,7 +44,7 @@ internal static class TrainCommand
         {
             var recipe = BuildConfig(context.GetValue(config), context.GetValue(epsilon), context.GetValue(delta), context.GetValue(nonPrivate),
                 context.GetValue(epochs), context.GetValue(batch), context.GetValue(seed));
-            var dataset = LoadShards(context.GetValue(data)!);
+            var dataset = await LoadDataAsync(context, context.GetValue(data)!, recipe.Preprocessing, recipe.Threads, cancellationToken);
             var chosen = InitializeDevice(context.GetValue(device));
             var outDir = context.GetValue(output)!;
             var split = PatientSplit.Create(dataset, recipe.Split.ValidationFraction, recipe.Split.TestFraction, recipe.Seed, recipe.Split.Stratify);
@@ -92,18 +98,23 @@ internal static class TrainCommand
     public static Command CreateEvaluate(CliApp app)
     {
         var model = new Option<string>("--model") { Description = "Model folder (model.safetensors, and model.json or config.json).", Required = true, HelpName = "DIR" };
-        var data = new Option<string>("--data") { Description = "Dataset shards, comma-separated; every patient is scored.", Required = true, HelpName = "FILE[,FILE...]" };
-        var device = DeviceOption();
-        var threshold = new Option<double>("--threshold") { Description = "Probability above which a pixel is tumour.", HelpName = "T", DefaultValueFactory = _ => 0.5 };
-        var command = new Command("evaluate", "Score a model on every patient of dataset shards: mean Dice, IoU and HD95 over patients (BraTS conventions).")
+        var data = new Option<string>("--data")
         {
-            model, data, device, threshold,
+            Description = "Dataset shards or raw case folders (pre-processed as the model's model.json says), comma-separated; every patient is scored.",
+            Required = true,
+            HelpName = "SHARD|DIR[,...]",
+        };
+        var device = DeviceOption();
+        var threshold = new Option<double?>("--threshold") { Description = "Probability above which a pixel is tumour (default: the recipe's, 0.5).", HelpName = "T" };
+        var mirror = new Option<bool?>("--mirror-averaging") { Description = "Average each slice's prediction with its left-right mirror's (default: the recipe's).", HelpName = "true|false" };
+        var command = new Command("evaluate", "Score a model on every patient: whole-tumour Dice (BraTS convention), IoU and HD95, means over patients.")
+        {
+            model, data, device, threshold, mirror,
         };
         app.SetAction(command, async (context, cancellationToken) =>
         {
             var folder = context.GetValue(model)!;
-            var t = context.GetValue(threshold);
-            if (!(t > 0 && t < 1))
+            if (context.GetValue(threshold) is { } given && !(given > 0 && given < 1))
             {
                 throw new CliException("--threshold must be in (0, 1)");
             }
@@ -113,8 +124,6 @@ internal static class TrainCommand
                 throw new CliException($"{folder}: no {MriSeg.Learning.Model.UNetModelFile.WeightsFileName} (not a model folder)");
             }
 
-            var dataset = LoadShards(context.GetValue(data)!);
-            var chosen = InitializeDevice(context.GetValue(device));
             ModelManifest? manifest;
             try
             {
@@ -124,6 +133,14 @@ internal static class TrainCommand
             {
                 throw new CliException(e.Message);
             }
+
+            // Raw folders are pre-processed as the model's training data was; shards must match that.
+            var recipe = manifest?.Training?.Config;
+            var evaluation = recipe?.Evaluation ?? new EvaluationConfig();
+            var t = context.GetValue(threshold) ?? evaluation.Threshold;
+            var mirrorAveraging = context.GetValue(mirror) ?? evaluation.MirrorAveraging;
+            var dataset = await LoadDataAsync(context, context.GetValue(data)!, manifest?.EffectivePreprocessing(), recipe?.Threads, cancellationToken);
+            var chosen = InitializeDevice(context.GetValue(device));
 
             if (manifest is not null && !manifest.Input.Modalities.SequenceEqual(dataset.Modalities, StringComparer.OrdinalIgnoreCase))
             {
@@ -152,7 +169,8 @@ internal static class TrainCommand
                 {
                     try
                     {
-                        return MriSeg.Learning.Metrics.SegmentationEvaluator.Evaluate(unet, dataset, new MriSeg.Learning.Metrics.EvaluationOptions { Threshold = t });
+                        return MriSeg.Learning.Metrics.SegmentationEvaluator.Evaluate(
+                            unet, dataset, new MriSeg.Learning.Metrics.EvaluationOptions { Threshold = t, MirrorAveraging = mirrorAveraging });
                     }
                     catch (ArgumentException e)
                     {
@@ -161,18 +179,26 @@ internal static class TrainCommand
                 }
             }, cancellationToken));
             var s = result.Summary;
+            var tumourFree = result.Patients.Count(p => !p.HasTumour);
             context.Output.WriteResult(
-                new EvaluateResult(s.Dice, s.IoU, s.Hd95, s.Patients, s.Slices, s.Channels, s.DicePerChannel),
+                new EvaluateResult(s.Dice, s.IoU, s.Hd95, s.Patients, s.Slices, tumourFree, s.DiceStd, s.Channels, s.DicePerChannel, s.MeanChannelDice, t, mirrorAveraging),
                 (console, r) => console.MarkupLine(Markup.Escape(
-                    string.Create(CultureInfo.InvariantCulture, $"{r.Patients} patients, {r.Slices} slices: Dice {r.Dice:0.0000}, IoU {r.Iou:0.0000}, HD95 {r.Hd95:0.00} px (means over patients)"))),
+                    string.Create(CultureInfo.InvariantCulture,
+                        $"{r.Patients} patients ({r.TumourFreePatients} without tumour), {r.Slices} slices: whole-tumour Dice {r.Dice:0.0000} (sd {r.DiceStd:0.000} over patients), IoU {r.Iou:0.0000}, HD95 {r.Hd95:0.00} px (means over patients; a tumour-free patient scores 1 only if nothing is predicted)"))),
                 TrainingOutputs.JsonOptions);
             return ExitCodes.Success;
         });
         return command;
     }
 
-    /// <summary>The <c>evaluate</c> result.</summary>
-    internal sealed record EvaluateResult(double Dice, double Iou, double Hd95, int Patients, int Slices, IReadOnlyList<string> Channels, IReadOnlyList<double> DicePerChannel);
+    /// <summary>
+    /// The <c>evaluate</c> result: <c>dice</c>, <c>iou</c>, <c>hd95</c> are the whole-tumour channel's means over patients,
+    /// each patient over all of its slices stacked (BraTS convention: a tumour-free patient scores 1 only if nothing is
+    /// predicted); <c>mean_channel_dice</c> averages every label channel too (what <c>dice</c> meant for <c>brats</c> labels before).
+    /// </summary>
+    internal sealed record EvaluateResult(
+        double Dice, double Iou, double Hd95, int Patients, int Slices, int TumourFreePatients, double DiceStd, IReadOnlyList<string> Channels,
+        IReadOnlyList<double> DicePerChannel, double MeanChannelDice, double Threshold, bool MirrorAveraging);
 
     internal static TrainingConfig BuildConfig(string? path, double? epsilon, double? delta, bool nonPrivate, double? epochs, int? batch, ulong? seed)
     {
@@ -220,55 +246,62 @@ internal static class TrainCommand
         return config;
     }
 
-    internal static SliceDataset LoadShards(string list)
+    /// <summary>
+    /// The data of <c>--data</c>: shards and raw case folders, comma-separated; folders are pre-processed in memory with
+    /// <paramref name="preprocessing"/> (the pre-processor's defaults when null) and shards are checked against it.
+    /// </summary>
+    internal static async Task<SliceDataset> LoadDataAsync(CommandContext context, string list, PreprocessingConfig? preprocessing, int? threads, CancellationToken cancellationToken)
     {
-        var files = list.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
-        if (files.Length == 0)
+        var paths = list.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+        if (paths.Length == 0)
         {
             throw new CliException("--data names no file");
         }
 
-        var parts = new List<SliceDataset>();
-        foreach (var file in files)
+        foreach (var path in paths)
         {
-            if (Directory.Exists(file))
+            if (!File.Exists(path) && !Directory.Exists(path))
             {
-                throw new CliException($"{file} is a folder; give dataset shards (.safetensors) until `mriseg preprocess` writes them from raw folders");
-            }
-
-            if (!File.Exists(file))
-            {
-                throw new CliException($"{file}: no such file");
-            }
-
-            try
-            {
-                parts.Add(DatasetShard.Load(file));
-            }
-            catch (DatasetSchemaException e)
-            {
-                throw new CliException(e.Message);
+                throw new CliException($"{path}: no such file or folder");
             }
         }
 
         try
         {
-            return SliceDataset.Concat(parts);
+            var parallelism = threads ?? Environment.ProcessorCount;
+            var data = paths.Any(Directory.Exists)
+                ? await context.Output.StatusAsync("pre-processing the data folders", _ =>
+                    TrainingData.LoadAsync(paths, preprocessing, null, parallelism, Note(context), cancellationToken))
+                : await TrainingData.LoadAsync(paths, preprocessing, null, parallelism, null, cancellationToken);
+            return data;
         }
-        catch (DatasetSchemaException e)
+        catch (ArgumentException e)
         {
             throw new CliException(e.Message);
         }
     }
 
-    private static Option<string> DeviceOption()
+    /// <summary>Skipped cases as warnings, the rest as progress lines.</summary>
+    internal static Action<string> Note(CommandContext context) => line =>
+    {
+        if (line.Contains(": skipped case ", StringComparison.Ordinal))
+        {
+            context.Output.Warn(line);
+        }
+        else
+        {
+            context.Output.Progress(line);
+        }
+    };
+
+    internal static Option<string> DeviceOption()
     {
         var device = new Option<string>("--device") { Description = "cpu or cuda; default: the device MRISEG_DEVICE selects.", HelpName = "cpu|cuda" };
         device.AcceptOnlyFromAmong("cpu", "cuda");
         return device;
     }
 
-    private static TorchSharp.torch.Device InitializeDevice(string? requested)
+    internal static TorchSharp.torch.Device InitializeDevice(string? requested)
     {
         TorchBackendInfo backend;
         try
