@@ -145,7 +145,8 @@ public sealed class AppHostTests(AppHostFixture fixture)
         }
 
         Assert.NotNull(sealedResult);
-        var policy = MriSeg.KeyRelease.Attestation.DevelopmentAttestationAuthority.PolicyFor("http://localhost:5132/dev-attestation", new string('a', 64));
+        var policy = MriSeg.KeyRelease.Attestation.DevelopmentAttestationAuthority.PolicyFor(
+            new Uri(fixture.App.GetEndpoint(ServiceCatalog.KeyBroker, ServiceCatalog.HttpEndpoint), "/dev-attestation").ToString(), new string('a', 64));
         var handedOff = await packaging.HandOffKeyAsync(new HandOffKeyRequest
         {
             Owner = owner,

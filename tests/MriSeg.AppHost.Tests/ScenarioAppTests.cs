@@ -61,7 +61,7 @@ public sealed class ScenarioAppTests(AppHostFixture fixture, ITestOutputHelper o
             Assert.Equal(10, h.Patients);
             Assert.True(h.Slices >= 10, $"{h.Id}: {h.Slices} slices");
             var names = new List<string>();
-            await foreach (var item in blobs.GetBlobContainerClient(h.Id).GetBlobsAsync(prefix: $"scenario/{summary.RunId}/", cancellationToken: ct))
+            await foreach (var item in blobs.GetBlobContainerClient(h.Id).GetBlobsAsync(Azure.Storage.Blobs.Models.BlobTraits.None, Azure.Storage.Blobs.Models.BlobStates.None, $"scenario/{summary.RunId}/", ct))
             {
                 names.Add(item.Name);
             }
@@ -77,7 +77,7 @@ public sealed class ScenarioAppTests(AppHostFixture fixture, ITestOutputHelper o
 
         // 3. The consumer's base model and pipeline are sealed; their plaintext staging blobs are gone.
         var consumerBlobs = new List<string>();
-        await foreach (var item in blobs.GetBlobContainerClient(options.Consumer).GetBlobsAsync(prefix: $"scenario/{summary.RunId}/", cancellationToken: ct))
+        await foreach (var item in blobs.GetBlobContainerClient(options.Consumer).GetBlobsAsync(Azure.Storage.Blobs.Models.BlobTraits.None, Azure.Storage.Blobs.Models.BlobStates.None, $"scenario/{summary.RunId}/", ct))
         {
             consumerBlobs.Add(item.Name);
         }

@@ -120,7 +120,8 @@ public sealed class PackagingHandOffTests : IClassFixture<AzuriteFixture>, IDisp
         return (await brokerClient.GetBrokerKeyAsync(new V1.GetBrokerKeyRequest(), consumer.Credentials(), cancellationToken: Ct)).PublicKeyPem;
     }
 
-    private async Task<(V1.SealResult Result, byte[] Plaintext)> SealAsync(V1.Packaging.PackagingClient packaging, string recipientPem, string owner)
+    /// <summary>Seals a random blob; <paramref name="recipientPem"/> null: wrapped to the KeyBroker by the service itself.</summary>
+    private async Task<(V1.SealResult Result, byte[] Plaintext)> SealAsync(V1.Packaging.PackagingClient packaging, string? recipientPem, string owner, bool alsoAskForBroker = false)
     {
         var plaintext = RandomNumberGenerator.GetBytes(50_000);
         var container = new BlobServiceClient(azurite.BlobConnectionString).GetBlobContainerClient("handoff-src-" + suffix);
@@ -132,7 +133,8 @@ public sealed class PackagingHandOffTests : IClassFixture<AzuriteFixture>, IDisp
             Owner = owner,
             Source = new V1.Location { Blob = new V1.BlobRef { Container = container.Name, Name = name } },
             ContentType = V1.ContentType.Dataset,
-            RecipientPublicKeyPem = recipientPem,
+            RecipientPublicKeyPem = recipientPem ?? "",
+            RecipientIsKeyBroker = recipientPem is null || alsoAskForBroker,
         }, cancellationToken: Ct);
         V1.SealResult? result = null;
         await foreach (var message in call.ResponseStream.ReadAllAsync(Ct))
@@ -212,6 +214,21 @@ public sealed class PackagingHandOffTests : IClassFixture<AzuriteFixture>, IDisp
         var again = await Fails(async () => await packaging.HandOffKeyAsync(HandOff(sealedResult), cancellationToken: Ct));
         Assert.Equal(StatusCode.AlreadyExists, again.StatusCode);
         Assert.Contains("already imported", again.Status.Detail);
+    }
+
+    [Fact]
+    public async Task Packaging_wraps_to_the_key_broker_itself_when_asked_and_the_hand_off_takes_that_key()
+    {
+        var packaging = Packaging();
+        var (sealedResult, _) = await SealAsync(packaging, recipientPem: null, Owner);
+        var wrapped = WrappedKey.FromJson(System.Text.Encoding.UTF8.GetString(sealedResult.WrappedDataKey.Span));
+        Assert.Equal(sealedResult.Package.KeyId, wrapped.KeyId);
+        Assert.Equal(sealedResult.Package.KeyId, (await packaging.HandOffKeyAsync(HandOff(sealedResult), cancellationToken: Ct)).KeyId);
+
+        // Two recipients at once is a mistake, refused before anything is sealed.
+        var both = await Fails(async () => await SealAsync(packaging, await BrokerKeyPemAsync(), Owner, alsoAskForBroker: true));
+        Assert.Equal(StatusCode.InvalidArgument, both.StatusCode);
+        Assert.Contains("not both", both.Status.Detail);
     }
 
     [Fact]

@@ -76,7 +76,8 @@ public static class CrossValidation
         var split = PatientSplit.Create(restData, config.Split.ValidationFraction, 0, config.Seed, config.Split.Stratify);
         var train = restData.SelectPatients(split.Train);
         var validation = split.Validation.Count > 0 ? restData.SelectPatients(split.Validation) : null;
-        using var training = SegmentationTrainer.Train(train, validation, config, options);
+        using var baseModel = options?.InitialModel is null ? TrainingData.LoadBaseModel(config) : null;
+        using var training = SegmentationTrainer.Train(train, validation, config, baseModel is null ? options : (options ?? new TrainingOptions()) with { InitialModel = baseModel });
         var test = SegmentationEvaluator.Evaluate(training.Model, data.SelectPatients(heldOut), config.Evaluation.ToOptions()).Summary;
         return new FoldResult(fold, training.Plan.TrainingPatients, split.Validation.Count, test, training.Privacy?.Epsilon, training.Privacy?.Delta,
             training.Plan.NoiseMultiplier, training.Steps, training.TrainSeconds, clock.Elapsed.TotalSeconds);

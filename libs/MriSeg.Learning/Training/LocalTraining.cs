@@ -57,7 +57,8 @@ public static class LocalTraining
 
         var train = data.SelectPatients(split.Train);
         var validation = split.Validation.Count > 0 ? data.SelectPatients(split.Validation) : null;
-        var training = SegmentationTrainer.Train(train, validation, config, options);
+        using var baseModel = options?.InitialModel is null ? TrainingData.LoadBaseModel(config) : null;
+        var training = SegmentationTrainer.Train(train, validation, config, baseModel is null ? options : (options ?? new TrainingOptions()) with { InitialModel = baseModel });
         try
         {
             var test = split.Test.Count > 0 ? SegmentationEvaluator.Evaluate(training.Model, data.SelectPatients(split.Test), config.Evaluation.ToOptions()) : null;

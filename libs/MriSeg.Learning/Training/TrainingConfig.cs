@@ -231,6 +231,15 @@ public sealed record TrainingConfig
     /// <summary>How raw case folders become slices for this recipe; null: the pre-processor's defaults (and no check of shards).</summary>
     public PreprocessingConfig? Preprocessing { get; init; }
 
+    /// <summary>
+    /// A model folder (model.safetensors and config.json) whose weights start the run, e.g. a base model pre-trained on
+    /// generated phantoms (<c>configs/phantoms-base.json</c>); its architecture must equal <see cref="Model"/>. Read by local
+    /// training (<c>mriseg train</c>, <c>mriseg bench quality</c>); a relative path is resolved from the current folder,
+    /// else from the config file's folder and the one above it. The clean room takes its base model from the run
+    /// request (sealed by the consumer), not from this path. Null: random initial weights.
+    /// </summary>
+    public string? BaseModel { get; init; }
+
     /// <summary>How held-out patients are scored (threshold, test-time augmentation).</summary>
     public EvaluationConfig Evaluation { get; init; } = new();
 

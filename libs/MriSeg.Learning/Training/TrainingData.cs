@@ -28,10 +28,11 @@ public static class TrainingData
     /// <param name="parallelism">Cases pre-processed at once.</param>
     /// <param name="note">Receives one line per skipped case and per folder read.</param>
     /// <param name="cancellationToken">Stops pre-processing.</param>
+    /// <param name="checkShards">Refuse shards that <paramref name="preprocessing"/> would not have produced (default true).</param>
     /// <exception cref="ArgumentException">A path that does not exist, a shard that does not match, no usable case, or parts of different schemas.</exception>
     public static async Task<SliceDataset> LoadAsync(
         IReadOnlyList<string> paths, PreprocessingConfig? preprocessing, PseudonymKey? key = null, int parallelism = 1,
-        Action<string>? note = null, CancellationToken cancellationToken = default)
+        Action<string>? note = null, CancellationToken cancellationToken = default, bool checkShards = true)
     {
         ArgumentNullException.ThrowIfNull(paths);
         if (paths.Count == 0)
@@ -59,7 +60,7 @@ public static class TrainingData
                     throw new ArgumentException($"{path}: {e.Message}", e);
                 }
 
-                if (preprocessing?.Mismatch(shard) is { } problem)
+                if (checkShards && preprocessing?.Mismatch(shard) is { } problem)
                 {
                     throw new ArgumentException($"{path} was not pre-processed as the recipe says: {problem}");
                 }
@@ -80,6 +81,55 @@ public static class TrainingData
         {
             throw new ArgumentException(e.Message, e);
         }
+    }
+
+    /// <summary>The recipe's <see cref="TrainingConfig.BaseModel"/> loaded on the CPU (float32), or null when it names none.</summary>
+    /// <exception cref="ArgumentException">The folder is missing or not a model folder.</exception>
+    public static Model.UNet2d? LoadBaseModel(TrainingConfig config)
+    {
+        ArgumentNullException.ThrowIfNull(config);
+        if (config.BaseModel is not { } folder)
+        {
+            return null;
+        }
+
+        if (!File.Exists(Path.Combine(folder, Model.UNetModelFile.WeightsFileName)))
+        {
+            throw new ArgumentException($"base_model {folder}: no {Model.UNetModelFile.WeightsFileName} (produce the base model first; see the recipe's README)");
+        }
+
+        try
+        {
+            return Model.UNetModelFile.Load(folder);
+        }
+        catch (Exception e) when (e is FormatException or IOException or Imaging.Formats.SafeTensorsFormatException)
+        {
+            throw new ArgumentException($"base_model {folder}: {e.Message}", e);
+        }
+    }
+
+    /// <summary>
+    /// <paramref name="config"/> with a relative <see cref="TrainingConfig.BaseModel"/> resolved: as given when it exists
+    /// from the current folder, else beside <paramref name="configPath"/> or one folder above it (configs/ in a repository).
+    /// </summary>
+    public static TrainingConfig ResolveBaseModel(TrainingConfig config, string? configPath)
+    {
+        ArgumentNullException.ThrowIfNull(config);
+        if (config.BaseModel is not { } folder || Path.IsPathRooted(folder) || Directory.Exists(folder) || configPath is null)
+        {
+            return config;
+        }
+
+        var dir = Path.GetDirectoryName(Path.GetFullPath(configPath));
+        foreach (var root in new[] { dir, dir is null ? null : Path.GetDirectoryName(dir) })
+        {
+            if (root is not null && Directory.Exists(Path.Combine(root, folder)))
+            {
+                return config with { BaseModel = Path.Combine(root, folder) };
+            }
+        }
+
+        return config;
     }
 
     /// <summary>Pre-processes one folder of cases (one provider) in memory.</summary>

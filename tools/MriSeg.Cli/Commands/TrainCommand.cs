@@ -139,7 +139,10 @@ internal static class TrainCommand
             var evaluation = recipe?.Evaluation ?? new EvaluationConfig();
             var t = context.GetValue(threshold) ?? evaluation.Threshold;
             var mirrorAveraging = context.GetValue(mirror) ?? evaluation.MirrorAveraging;
-            var dataset = await LoadDataAsync(context, context.GetValue(data)!, manifest?.EffectivePreprocessing(), recipe?.Threads, cancellationToken);
+            // Shards are checked only against a recipe's explicit preprocessing (older models, and models trained on shards
+            // without one, are checked on modalities and size below, as before).
+            var dataset = await LoadDataAsync(context, context.GetValue(data)!, manifest?.EffectivePreprocessing(), recipe?.Threads, cancellationToken,
+                checkShards: recipe?.Preprocessing is not null);
             var chosen = InitializeDevice(context.GetValue(device));
 
             if (manifest is not null && !manifest.Input.Modalities.SequenceEqual(dataset.Modalities, StringComparer.OrdinalIgnoreCase))
@@ -205,7 +208,7 @@ internal static class TrainCommand
         TrainingConfig config;
         try
         {
-            config = path is null ? new TrainingConfig() : TrainingConfig.Load(path);
+            config = path is null ? new TrainingConfig() : TrainingData.ResolveBaseModel(TrainingConfig.Load(path), path);
         }
         catch (Exception e) when (e is FormatException or ArgumentException or IOException)
         {
@@ -250,7 +253,8 @@ internal static class TrainCommand
     /// The data of <c>--data</c>: shards and raw case folders, comma-separated; folders are pre-processed in memory with
     /// <paramref name="preprocessing"/> (the pre-processor's defaults when null) and shards are checked against it.
     /// </summary>
-    internal static async Task<SliceDataset> LoadDataAsync(CommandContext context, string list, PreprocessingConfig? preprocessing, int? threads, CancellationToken cancellationToken)
+    internal static async Task<SliceDataset> LoadDataAsync(
+        CommandContext context, string list, PreprocessingConfig? preprocessing, int? threads, CancellationToken cancellationToken, bool checkShards = true)
     {
         var paths = list.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
         if (paths.Length == 0)
@@ -271,8 +275,8 @@ internal static class TrainCommand
             var parallelism = threads ?? Environment.ProcessorCount;
             var data = paths.Any(Directory.Exists)
                 ? await context.Output.StatusAsync("pre-processing the data folders", _ =>
-                    TrainingData.LoadAsync(paths, preprocessing, null, parallelism, Note(context), cancellationToken))
-                : await TrainingData.LoadAsync(paths, preprocessing, null, parallelism, null, cancellationToken);
+                    TrainingData.LoadAsync(paths, preprocessing, null, parallelism, Note(context), cancellationToken, checkShards))
+                : await TrainingData.LoadAsync(paths, preprocessing, null, parallelism, null, cancellationToken, checkShards);
             return data;
         }
         catch (ArgumentException e)

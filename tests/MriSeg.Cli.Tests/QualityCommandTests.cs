@@ -1,0 +1,110 @@
+using System.Text.Json;
+
+namespace MriSeg.Cli.Tests;
+
+/// <summary>
+/// `mriseg train` and `mriseg evaluate` on raw case folders (generated phantoms, pre-processed by the recipe), and
+/// `mriseg bench quality` (patient-level cross-validation) on a tiny recipe.
+/// </summary>
+public sealed class QualityCommandTests : IDisposable
+{
+    private const string TinyRecipe = """
+        {
+          "preprocessing": { "size": 16, "modalities": ["flair", "t2"], "labels": "wt", "tumour_free_share": 1 },
+          "model": { "in_channels": 2, "out_channels": 1, "depth": 2, "base_width": 2, "group_norm_groups": 1 },
+          "privacy": { "mode": "dp", "epsilon": 8, "delta": 0.001, "clip_norm": 0.1 },
+          "epochs": 2,
+          "batch_size": 8,
+          "max_slices_per_patient": 2,
+          "optimizer": { "kind": "adam", "learning_rate": 0.01 },
+          "evaluation": { "mirror_averaging": true },
+          "validation": { "keep_best": false },
+          "split": { "validation_fraction": 0, "test_fraction": 0.25 },
+          "threads": 1
+        }
+        """;
+
+    private readonly TempFolder _folder = new();
+
+    public void Dispose() => _folder.Dispose();
+
+    /// <summary>Two sites of small phantom volumes (raw BraTS-layout folders) and the tiny recipe.</summary>
+    private async Task<(string SiteA, string SiteB, string Recipe)> InputsAsync()
+    {
+        var root = Path.Combine(_folder.Path, "phantoms");
+        var made = await CliRun.RunAsync("phantoms", "--out", root, "--sites", "2", "--patients", "6", "--shape", "32x32x16", "--json");
+        Assert.True(made.ExitCode == 0, made.ToString());
+        var sites = Directory.GetDirectories(root).Order().ToArray();
+        Assert.Equal(2, sites.Length);
+        var recipe = Path.Combine(_folder.Path, "tiny.json");
+        await File.WriteAllTextAsync(recipe, TinyRecipe, TestContext.Current.CancellationToken);
+        return (sites[0], sites[1], recipe);
+    }
+
+    [Fact]
+    public async Task Train_and_evaluate_take_raw_folders_and_the_model_records_its_preprocessing()
+    {
+        var (a, b, recipe) = await InputsAsync();
+        var model = Path.Combine(_folder.Path, "model");
+        var train = await CliRun.RunAsync("train", "--config", recipe, "--data", $"{a},{b}", "--out", model, "--device", "cpu", "--json");
+        Assert.True(train.ExitCode == 0, train.ToString());
+        Assert.Contains(train.StderrLines, l => l.Contains("pre-processed in memory", StringComparison.Ordinal) && l.Contains("all-brain@crop-16", StringComparison.Ordinal));
+        var metrics = train.Json();
+        Assert.Equal(12, metrics.GetProperty("training_patients").GetInt32() + metrics.GetProperty("test_patients").GetInt32());
+
+        using var manifest = JsonDocument.Parse(await File.ReadAllTextAsync(Path.Combine(model, "model.json"), TestContext.Current.CancellationToken));
+        var pre = manifest.RootElement.GetProperty("preprocessing");
+        Assert.Equal(16, pre.GetProperty("size").GetInt32());
+        Assert.Equal(["flair", "t2"], pre.GetProperty("modalities").EnumerateArray().Select(m => m.GetString()));
+        Assert.Equal(1, pre.GetProperty("tumour_free_share").GetDouble());
+        Assert.Equal(16, manifest.RootElement.GetProperty("input").GetProperty("height").GetInt32());
+
+        // evaluate pre-processes the raw folder the same way (16x16, two modalities) and uses the recipe's mirror averaging.
+        var evaluate = await CliRun.RunAsync("evaluate", "--model", model, "--data", a, "--json");
+        Assert.True(evaluate.ExitCode == 0, evaluate.ToString());
+        var scores = evaluate.Json();
+        Assert.Equal(6, scores.GetProperty("patients").GetInt32());
+        Assert.True(scores.GetProperty("mirror_averaging").GetBoolean());
+        Assert.InRange(scores.GetProperty("dice").GetDouble(), 0, 1);
+        Assert.Equal(scores.GetProperty("dice").GetDouble(), scores.GetProperty("mean_channel_dice").GetDouble(), 12);
+        Assert.InRange(scores.GetProperty("tumour_free_patients").GetInt32(), 0, 6);
+
+        // A shard pre-processed differently is refused with the difference named.
+        var shard = Path.Combine(_folder.Path, "a32.safetensors");
+        var pre32 = await CliRun.RunAsync("preprocess", "--input", a, "--out", shard, "--size", "32", "--modalities", "flair,t2", "--tumour-free-share", "all", "--json");
+        Assert.True(pre32.ExitCode == 0, pre32.ToString());
+        var refused = await CliRun.RunAsync("evaluate", "--model", model, "--data", shard, "--json");
+        Assert.Equal(1, refused.ExitCode);
+        Assert.Contains("32x32 slices, the recipe 16x16", refused.Stderr, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Bench_quality_cross_validates_a_recipe_by_patient_and_writes_the_table()
+    {
+        var (a, b, recipe) = await InputsAsync();
+        var report = Path.Combine(_folder.Path, "out", "quality.md");
+        var run = await CliRun.RunAsync("bench", "quality", "--data", $"{a},{b}", "--folds", "3", "--recipes", recipe, "--out", report, "--device", "cpu", "--json");
+        Assert.True(run.ExitCode == 0, run.ToString());
+        var json = run.Json();
+        Assert.Equal(3, json.GetProperty("folds").GetInt32());
+        var r = Assert.Single(json.GetProperty("recipes").EnumerateArray());
+        Assert.Equal("tiny", r.GetProperty("recipe").GetString());
+        Assert.Equal("dp", r.GetProperty("mode").GetString());
+        Assert.Equal(12, r.GetProperty("patients").GetInt32()); // every patient scored once, by the fold that held it out
+        var folds = r.GetProperty("folds").EnumerateArray().ToList();
+        Assert.Equal(3, folds.Count);
+        Assert.All(folds, f => Assert.Equal(12, f.GetProperty("training_patients").GetInt32() + f.GetProperty("test_patients").GetInt32()));
+        Assert.All(folds, f => Assert.InRange(f.GetProperty("epsilon").GetDouble(), 0.1, 8));
+        var dice = folds.Select(f => f.GetProperty("dice").GetDouble()).ToList();
+        Assert.Equal(dice.Average(), r.GetProperty("dice").GetProperty("mean").GetDouble(), 12);
+
+        var markdown = await File.ReadAllTextAsync(report, TestContext.Current.CancellationToken);
+        Assert.Contains("| tiny | ε = 8, δ = 0.001 |", markdown, StringComparison.Ordinal);
+        Assert.Contains("3-fold cross-validation", markdown, StringComparison.Ordinal);
+        Assert.True(File.Exists(Path.ChangeExtension(report, ".json")));
+
+        var bad = await CliRun.RunAsync("bench", "quality", "--data", a, "--folds", "3", "--recipes", "no-such-recipe", "--out", report);
+        Assert.Equal(1, bad.ExitCode);
+        Assert.Contains("no-such-recipe", bad.Stderr, StringComparison.Ordinal);
+    }
+}
