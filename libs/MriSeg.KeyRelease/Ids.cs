@@ -37,8 +37,10 @@ public static partial class Ids
         return text.Length > 80 ? clean + "…" : clean;
     }
 
-    /// <summary>A number for a message ("1.25").</summary>
-    public static string Num(double value) => value.ToString("0.####", CultureInfo.InvariantCulture);
+    /// <summary>A number for messages: four decimals, or four significant digits below 0.01 (δ = 1e-05 must not read as 0).</summary>
+    public static string Num(double value) => value != 0 && Math.Abs(value) < 0.01
+        ? value.ToString("0.###E+0", CultureInfo.InvariantCulture)
+        : value.ToString("0.####", CultureInfo.InvariantCulture);
 
     [GeneratedRegex("^[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}\\z", RegexOptions.CultureInvariant)]
     private static partial Regex PartyId();

@@ -73,11 +73,15 @@ public sealed record ScenarioOptions
         }
 
         var node = JsonNode.Parse(text)?.AsObject() ?? throw new ArgumentException("the pipeline is not a JSON object");
-        if (PipelineJson is null)
+        var privacy = node["privacy"] as JsonObject;
+        if (PipelineJson is null && privacy is not null)
         {
-            var privacy = node["privacy"]!.AsObject();
             privacy["epsilon"] = Epsilon;
             privacy["delta"] = Delta;
+        }
+
+        if (privacy is not null && (string?)privacy["mode"] == "dp")
+        {
             // The KeyBroker checks a run's ε against each contract with the RDP accountant; planning with the (tighter) PRV
             // accountant would declare an ε the broker computes as over the cap.
             privacy["accountant"] = "rdp";

@@ -125,6 +125,9 @@ public sealed class ScenarioRunner(ScenarioEndpoints endpoints, BlobServiceClien
         var vault = new V1.ModelVault.ModelVaultClient(Channel(endpoints.ModelVault));
         var pipelineJson = options.ResolvePipeline();
         var config = TrainingConfig.FromJson(pipelineJson);
+        // The contracts allow what the pipeline declares: the shipped recipe is set to --epsilon/--delta, a given pipeline
+        // brings its own (a non-private pipeline gets the options' terms, and the clean room refuses it: patient-level DP only).
+        var (epsilon, delta) = config.Privacy is { Mode: PrivacyMode.Dp } p ? (p.Epsilon, p.Delta) : (options.Epsilon, options.Delta);
 
         // 1. Each hospital pre-processes its data (generated phantoms by default) into a de-identified shard.
         var shards = new List<(ScenarioHospital Hospital, V1.ShardSummary Shard, List<string> Plaintext)>();
@@ -222,9 +225,9 @@ public sealed class ScenarioRunner(ScenarioEndpoints endpoints, BlobServiceClien
                     Owner = h.Id,
                     AllowedConsumers = { options.Consumer },
                     Expires = Timestamp.FromDateTimeOffset(DateTimeOffset.UtcNow.AddDays(30)),
-                    MaxEpsilonPerRun = options.Epsilon,
-                    MaxEpsilonTotal = options.Epsilon * 2,
-                    Delta = options.Delta,
+                    MaxEpsilonPerRun = epsilon,
+                    MaxEpsilonTotal = epsilon * 2,
+                    Delta = delta,
                     AllowedPipelineSha256 = { pipelineSha },
                     Constraints = new V1.PipelineConstraints { RequirePatientLevelPrivacy = true },
                 }, ct).ConfigureAwait(false);
@@ -239,7 +242,7 @@ public sealed class ScenarioRunner(ScenarioEndpoints endpoints, BlobServiceClien
             var output = await Call(4, "ModelVault.CreateOutputKey", () => vault.CreateOutputKeyAsync(
                 new V1.CreateOutputKeyRequest { ReleasePolicyJson = cleanRoom.ReleasePolicyJson }, cancellationToken: ct).ResponseAsync).ConfigureAwait(false);
             outputKeyId = output.KeyId;
-            return $"{contracts.Count} dataset keys (contracts ε ≤ {options.Epsilon.ToString(CultureInfo.InvariantCulture)} per run, δ = {options.Delta.ToString(CultureInfo.InvariantCulture)}), " +
+            return $"{contracts.Count} dataset keys (contracts ε ≤ {epsilon.ToString(CultureInfo.InvariantCulture)} per run, δ = {delta.ToString("G3", CultureInfo.InvariantCulture)}), " +
                 $"model and pipeline keys, output key {outputKeyId[..8]}…; policy: {(cleanRoom.HardwareBacked ? "hardware" : "development")} attestation of measurement {cleanRoom.CodeMeasurement[..16]}…";
         }).ConfigureAwait(false);
 

@@ -25,7 +25,7 @@ internal static class ScenarioCommand
         var patients = new Option<int>("--patients") { Description = "Generated patients per hospital.", DefaultValueFactory = _ => defaults.PatientsPerHospital, HelpName = "N" };
         var size = new Option<int>("--size") { Description = "Phantom volume width (multiple of 16) and slice size.", DefaultValueFactory = _ => defaults.VolumeSize, HelpName = "PX" };
         var depth = new Option<int>("--depth") { Description = "Axial slices per phantom volume.", DefaultValueFactory = _ => defaults.VolumeDepth, HelpName = "N" };
-        var epsilon = new Option<double>("--epsilon") { Description = "The run's ε (each contract allows this much per run).", DefaultValueFactory = _ => defaults.Epsilon, HelpName = "EPS" };
+        var epsilon = new Option<double>("--epsilon") { Description = "The run's ε with the shipped recipe (each contract allows this much per run; a --pipeline brings its own ε and δ).", DefaultValueFactory = _ => defaults.Epsilon, HelpName = "EPS" };
         var delta = new Option<double>("--delta") { Description = "δ of the run and the contracts.", DefaultValueFactory = _ => defaults.Delta, HelpName = "DELTA" };
         var epochs = new Option<int?>("--epochs") { Description = "Override the pipeline's epochs (short runs).", HelpName = "N" };
         var pipeline = new Option<string?>("--pipeline") { Description = "A training config JSON to seal as the pipeline (default: configs/phantoms-eps8.json with --epsilon/--delta).", HelpName = "FILE" };
