@@ -32,7 +32,7 @@ public sealed class ScenarioAppTests(AppHostFixture fixture, ITestOutputHelper o
     public async Task The_scenario_runs_all_six_phases_and_leaves_only_sealed_data_behind()
     {
         var ct = TestContext.Current.CancellationToken;
-        Uri Grpc(string name) => fixture.App.GetEndpoint(name, ServiceCatalog.GrpcEndpoint);
+        Uri GrpcAddress(string name) => fixture.App.GetEndpoint(name, ServiceCatalog.GrpcEndpoint);
         var blobs = new BlobServiceClient(await fixture.App.GetConnectionStringAsync(ServiceCatalog.BlobConnection, ct));
         var outputDirectory = Path.Combine(fixture.KeysLocation, "..", "output");
         var options = new ScenarioOptions
@@ -40,8 +40,8 @@ public sealed class ScenarioAppTests(AppHostFixture fixture, ITestOutputHelper o
             PatientsPerHospital = 10, VolumeSize = 32, VolumeDepth = 16, Epsilon = 4, Delta = 1e-4, PipelineJson = TinyPipeline, OutputDirectory = outputDirectory,
         };
         var events = new List<ScenarioEvent>();
-        using var runner = new ScenarioRunner(new ScenarioEndpoints(Grpc(ServiceCatalog.Preprocess), Grpc(ServiceCatalog.Packaging), Grpc(ServiceCatalog.Trainer),
-            Grpc(ServiceCatalog.ModelVault)), blobs, e => { lock (events) { events.Add(e); } });
+        using var runner = new ScenarioRunner(new ScenarioEndpoints(GrpcAddress(ServiceCatalog.Preprocess), GrpcAddress(ServiceCatalog.Packaging), GrpcAddress(ServiceCatalog.Trainer),
+            GrpcAddress(ServiceCatalog.ModelVault)), blobs, e => { lock (events) { events.Add(e); } });
 
         var summary = await runner.RunAsync(options, ct);
         foreach (var p in summary.Phases)
@@ -104,5 +104,12 @@ public sealed class ScenarioAppTests(AppHostFixture fixture, ITestOutputHelper o
         Assert.NotNull(summary.Segmented.Dice); // computed against the phantom's truth: the mask is on the input's grid
         Assert.True(summary.Segmented.Overlay is { } overlay && new FileInfo(overlay).Length > 100);
         Assert.True(File.Exists(Path.Combine(summary.Outputs.Directory, "summary.json")));
+
+        // Only the consumer obtains its output key outside the clean room: a hospital (its key as Packaging holds it) is refused.
+        var start = Google.Protobuf.JsonParser.Default.Parse<StartRunRequest>(await File.ReadAllTextAsync(Path.Combine(summary.Outputs.Directory, "start-run.json"), ct));
+        using var hospitalKey = MriSeg.Sealing.SigningKey.Load(Path.Combine(fixture.KeysLocation, "keys", "hospital-a.key"));
+        var hospital = new MriSeg.KeyRelease.Client.KeyBrokerParty(new KeyBroker.KeyBrokerClient(fixture.Channel(ServiceCatalog.KeyBroker)), "hospital-a", hospitalKey);
+        var denied = await Assert.ThrowsAsync<Grpc.Core.RpcException>(async () => await hospital.ReleaseOwnOutputKeyAsync(start.OutputKeyId, ct));
+        Assert.Equal(Grpc.Core.StatusCode.PermissionDenied, denied.StatusCode);
     }
 }
