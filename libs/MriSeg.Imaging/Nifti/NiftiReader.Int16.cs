@@ -77,11 +77,88 @@ public static partial class NiftiReader
         Span<long> step = stackalloc long[3];
         Span<long> offset = stackalloc long[3];
         reorientation.StorageToCanonicalSteps(storage, step, offset);
+        var widen = bytesPerVoxel == 1 && typeof(T) == typeof(short);
+        var sliceVoxels = (long)storage.X * storage.Y;
+        if (!widen && Math.Abs(step[0]) == 1 && Math.Abs(step[1]) == storage.X && Math.Abs(step[2]) == sliceVoxels && (step[0] < 0 || step[1] > 0))
+        {
+            // The axes keep their order and the rows of a slice keep theirs (or both the rows and their voxels are
+            // reversed): a run of whole rows of one slice lands as one contiguous block, so it is decompressed
+            // straight into its place and, for flipped axes, reversed there.
+            ReadBlocks(source, name, h, data, storage, step, offset, bytesPerVoxel);
+        }
+        else
+        {
+            ReadRows(source, name, h, data, storage, step, offset, bytesPerVoxel, widen);
+        }
+
+        if (source.IsGzip)
+        {
+            source.VerifyGzipEnd(options.GzipTrailerCheckBytes);
+        }
+
+        return (canonical, reorientation.CanonicalAffine(storageAffine, storage), data);
+    }
+
+    /// <summary>
+    /// Reads runs of whole rows of one slice straight into their canonical block: in storage order when the first
+    /// two axes are not flipped, reversed as a whole when both are (rows and voxels), reversed row by row when only
+    /// the first is.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void ReadBlocks<T>(SourceReader source, string name, NiftiHeader h, T[] data, GridSize storage, ReadOnlySpan<long> step, ReadOnlySpan<long> offset, int bytesPerVoxel)
+        where T : unmanaged
+    {
+        var rowLength = storage.X;
+        var rowsPerBlock = Math.Max(1, Math.Min(storage.Y, ChunkVoxels / rowLength));
+        var (flip0, flip1) = (step[0] < 0, step[1] < 0);
+        long done = 0;
+        for (var i2 = 0; i2 < storage.Z; i2++)
+        {
+            var sliceBase = offset[2] + (i2 * step[2]);
+            for (var i1 = 0; i1 < storage.Y; i1 += rowsPerBlock)
+            {
+                var rows = Math.Min(rowsPerBlock, storage.Y - i1);
+                var n = rows * rowLength;
+
+                // Canonical rows of this run: i1 .. i1 + rows - 1, or (flipped) Y - i1 - rows .. Y - 1 - i1.
+                var firstRow = flip1 ? storage.Y - i1 - rows : i1;
+                var block = data.AsSpan((int)(sliceBase + ((long)firstRow * rowLength)), n);
+                var bytes = MemoryMarshal.AsBytes(block);
+                var got = source.Read(bytes);
+                if (got < bytes.Length)
+                {
+                    var have = (done * bytesPerVoxel) + got;
+                    throw new NiftiFormatException(name,
+                        $"truncated: {source.EndDescription(h.VoxOffset + have)} bytes, but {storage.Count} {NiftiDatatypes.Name(h.DatatypeCode)} voxels need {storage.Count * bytesPerVoxel} bytes from offset {h.VoxOffset}");
+                }
+
+                if (flip1)
+                {
+                    block.Reverse();
+                }
+                else if (flip0)
+                {
+                    for (var r = 0; r < n; r += rowLength)
+                    {
+                        block.Slice(r, rowLength).Reverse();
+                    }
+                }
+
+                done += n;
+            }
+        }
+    }
+
+    /// <summary>Reads chunks of whole rows and places each row in its canonical position (any reorientation).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void ReadRows<T>(SourceReader source, string name, NiftiHeader h, T[] data, GridSize storage, ReadOnlySpan<long> step, ReadOnlySpan<long> offset, int bytesPerVoxel, bool widen)
+        where T : unmanaged
+    {
+        var count = storage.Count;
         var rowLength = storage.X;
         var rowsPerChunk = Math.Max(1, ChunkVoxels / rowLength);
         var chunkVoxels = (int)Math.Min(count, (long)rowsPerChunk * rowLength);
         var bytes = new byte[(long)chunkVoxels * bytesPerVoxel];
-        var widen = bytesPerVoxel == 1 && typeof(T) == typeof(short);
         var widened = widen ? new short[chunkVoxels] : [];
         var step0 = step[0];
         long done = 0;
@@ -144,13 +221,6 @@ public static partial class NiftiReader
 
             done += n;
         }
-
-        if (source.IsGzip)
-        {
-            source.VerifyGzipEnd(options.GzipTrailerCheckBytes);
-        }
-
-        return (canonical, reorientation.CanonicalAffine(storageAffine, storage), data);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]

@@ -658,13 +658,31 @@ internal static class CaseProcessor
             {
                 var slice = data.Images[m].AsSpan(z * sliceLength, sliceLength);
                 GatherImage(slice, sliceMask, n0, crop, stats[m], plane, planeC, padR, padC);
-                resampler.BilinearTransposed(plane, resized);
-                Place<float>(resized, images.AsSpan((int)(((long)s * channels) + m) * outPlane, outPlane), outR, outC, volume);
+                var output = images.AsSpan((int)(((long)s * channels) + m) * outPlane, outPlane);
+                if (volume)
+                {
+                    // Resized straight into the output, then reversed there (see PlacePng).
+                    resampler.BilinearTransposed(plane, output);
+                    output.Reverse();
+                }
+                else
+                {
+                    resampler.BilinearTransposed(plane, resized);
+                    PlacePng<float>(resized, output, outR, outC);
+                }
             }
 
             GatherLabels(labels.Slice(z * sliceLength, sliceLength), n0, crop, labelPlane, planeC, padR, padC);
-            resampler.NearestTransposed(labelPlane, labelResized);
-            Place<byte>(labelResized, labelOut, outR, outC, volume);
+            if (volume)
+            {
+                resampler.NearestTransposed(labelPlane, labelOut);
+                labelOut.AsSpan().Reverse();
+            }
+            else
+            {
+                resampler.NearestTransposed(labelPlane, labelResized);
+                PlacePng<byte>(labelResized, labelOut, outR, outC);
+            }
             var target = masks.AsSpan(s * labelChannels * outPlane, labelChannels * outPlane);
             ExpandLabels(labelOut, target, labelChannels, outPlane);
             tumourSlices += target[..outPlane].ContainsAnyExcept((byte)0) ? 1 : 0;
@@ -699,7 +717,7 @@ internal static class CaseProcessor
         Span<float> plane, int planeC, int padR, int padC)
         where T : unmanaged, INumber<T>
     {
-        plane.Clear();
+        ClearPadding(plane, planeC, padR, padC, crop.Size1, crop.Size0);
         var low = stats.Low;
         var high = stats.High;
         var mean = (float)stats.Mean;
@@ -709,6 +727,25 @@ internal static class CaseProcessor
             var at = (i1 * n0) + crop.I0a;
             var target = plane.Slice(((i1 - crop.I1a + padR) * planeC) + padC, crop.Size0);
             Normalise(slice.Slice(at, crop.Size0), mask.Slice(at, crop.Size0), target, low, high, mean, scale);
+        }
+    }
+
+    /// <summary>Zeroes the working plane outside the crop's rectangle (rows [padR, padR + rows), columns [padC, padC + columns)), which the caller then writes whole.</summary>
+    private static void ClearPadding<T>(Span<T> plane, int planeC, int padR, int padC, int rows, int columns)
+    {
+        plane[..(padR * planeC)].Clear();
+        plane[((padR + rows) * planeC)..].Clear();
+        var right = planeC - padC - columns;
+        if (padC == 0 && right == 0)
+        {
+            return;
+        }
+
+        for (var r = padR; r < padR + rows; r++)
+        {
+            var row = plane.Slice(r * planeC, planeC);
+            row[..padC].Clear();
+            row[(padC + columns)..].Clear();
         }
     }
 
@@ -763,7 +800,7 @@ internal static class CaseProcessor
 
     private static void GatherLabels(ReadOnlySpan<byte> slice, int n0, Box crop, Span<byte> plane, int planeC, int padR, int padC)
     {
-        plane.Clear();
+        ClearPadding(plane, planeC, padR, padC, crop.Size1, crop.Size0);
         for (var i1 = crop.I1a; i1 <= crop.I1b; i1++)
         {
             slice.Slice((i1 * n0) + crop.I0a, crop.Size0).CopyTo(plane.Slice(((i1 - crop.I1a + padR) * planeC) + padC, crop.Size0));
@@ -771,22 +808,13 @@ internal static class CaseProcessor
     }
 
     /// <summary>
-    /// Copies a resized image, given transposed (outC rows by outR columns, see <see cref="SliceResampler"/>), into the
-    /// output plane: for volumes reversed along both axes (out[h][w] = resized[R − 1 − w][C − 1 − h] = transposed[C − 1 − h][R − 1 − w],
-    /// a C-high, R-wide plane), for PNG slices transposed back (out = resized).
+    /// The output plane of a resized image, given transposed (outC rows by outR columns, see <see cref="SliceResampler"/>).
+    /// For volumes it is that plane reversed along both axes (out[h][w] = resized[R − 1 − w][C − 1 − h] =
+    /// transposed[C − 1 − h][R − 1 − w], a C-high, R-wide plane), which the caller gets by resizing straight into the
+    /// output and reversing it there; for PNG slices, this: transposed back (out = resized).
     /// </summary>
-    private static void Place<T>(ReadOnlySpan<T> transposed, Span<T> target, int rows, int columns, bool volumeOrientation)
-    {
-        if (volumeOrientation)
-        {
-            transposed[..(rows * columns)].CopyTo(target);
-            target[..(rows * columns)].Reverse();
-        }
-        else
-        {
-            SliceResampler.Transpose(transposed, target, columns, rows);
-        }
-    }
+    private static void PlacePng<T>(ReadOnlySpan<T> transposed, Span<T> target, int rows, int columns) =>
+        SliceResampler.Transpose(transposed, target, columns, rows);
 
     /// <summary>Label map to mask channels: WT = label &gt; 0; with three channels also TC = {1, 4} and ET = {4}.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
