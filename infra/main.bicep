@@ -4,7 +4,7 @@
 //   monitoring   Log Analytics + Application Insights (OpenTelemetry through the collector app)
 //   identities   one user-assigned managed identity per service
 //   storage      Blob + Table, per-party containers, Entra ID only, private endpoints, per-container roles
-//   keyvault     Key Vault Premium: the KeyBroker's key-encryption key (HSM), wrap/unwrap for the KeyBroker only
+//   keyvault     Key Vault Premium: the KeyBroker's key-encryption key (a secret), readable by the KeyBroker only
 //   registry     the images
 //   apps         Preprocess, Packaging, KeyBroker, ModelVault in an internal Container Apps environment
 //   trainer      the Trainer alone on a confidential H100 VM (SEV-SNP, Secure Boot, vTPM, CVM disk encryption)
@@ -70,12 +70,6 @@ param serviceMaxReplicas int = 3
 @maxValue(730)
 param logRetentionInDays int = 30
 
-@allowed([
-  3072
-  4096
-])
-param keyEncryptionKeySize int = 3072
-
 // ----- images ---------------------------------------------------------------------------------------
 
 @description('Images azd deployed (azd fills SERVICE_<NAME>_IMAGE_NAME); empty means a placeholder until the first azd deploy.')
@@ -125,6 +119,14 @@ param nvidiaDriverBranch string = '570'
 @description('Also give the KeyBroker Key Vault secure key release (only for exportable keys with a release policy).')
 param keyBrokerCanReleaseKeys bool = false
 
+@description('Key Vault secret holding the KeyBroker\'s key-encryption key, a base64 256-bit key. The postprovision hook (infra/hooks/create-keybroker-kek.sh) creates it once.')
+@minLength(1)
+@maxLength(127)
+param keyBrokerKekSecretName string = 'mriseg-keybroker-kek'
+
+@description('Let the KeyBroker create a missing key-encryption key secret at its first start (KeyBroker:Kek:Create): its identity then also gets Key Vault Secrets Officer on the vault. Off: the hook or an operator creates the secret, and the KeyBroker only reads it.')
+param keyBrokerCreatesKek bool = false
+
 @description('Microsoft Azure Attestation endpoint the Trainer attests with and the KeyBroker trusts, e.g. the region\'s shared provider https://shared<region>.<region>.attest.azure.net.')
 param attestationEndpoint string = ''
 
@@ -168,7 +170,7 @@ var tableGrants = flatten(map(
   serviceNames,
   s => map(items(catalog.services[s].tables), t => { service: s, table: t.key, access: t.value })
 ))
-var wrapServices = filter(serviceNames, s => catalog.services[s].keyVault == 'wrap')
+var kekServices = filter(serviceNames, s => catalog.services[s].keyVault == 'kek')
 
 resource rg 'Microsoft.Resources/resourceGroups@2025-04-01' = {
   name: 'rg-${environmentName}'
@@ -245,9 +247,9 @@ module keyVault 'modules/keyvault.bicep' = {
     location: location
     tags: tags
     vaultName: take('${prefix}-kv-${token}', 24)
-    keyEncryptionKeyName: 'keybroker-kek'
-    keyEncryptionKeySize: keyEncryptionKeySize
-    wrapPrincipalIds: map(wrapServices, s => identityOf[s].principalId)
+    kekSecretName: keyBrokerKekSecretName
+    kekReaderPrincipalIds: map(kekServices, s => identityOf[s].principalId)
+    kekCreatorPrincipalIds: keyBrokerCreatesKek ? map(kekServices, s => identityOf[s].principalId) : []
     grantKeyRelease: keyBrokerCanReleaseKeys
     vnetId: network.outputs.vnetId
     privateEndpointsSubnetId: network.outputs.privateEndpointsSubnetId
@@ -297,14 +299,29 @@ var storageEnv = map(items(catalog.storage.connections), c => {
   name: 'ConnectionStrings__${c.key}'
   value: c.value == 'blob' ? storage.outputs.blobEndpoint : storage.outputs.tableEndpoint
 })
-var keyVaultEnv = [
+// The KeyBroker keeps no state on its disk: its key-encryption key is the Key Vault secret, read by version with its
+// identity; its other keys (import key pair, record MAC key, development authority key) are in its tables, wrapped
+// under that key, created at its first start over empty tables (KeyBroker:CreateKeys; never over existing state).
+var keyBrokerKekEnv = [
   {
-    name: 'ConnectionStrings__keyvault'
+    name: 'KeyBroker__Kek__Source'
+    value: 'keyvault'
+  }
+  {
+    name: 'KeyBroker__Kek__VaultUri'
     value: keyVault.outputs.vaultUri
   }
   {
-    name: 'KeyBroker__KeyEncryptionKeyUri'
-    value: keyVault.outputs.keyEncryptionKeyUri
+    name: 'KeyBroker__Kek__SecretName'
+    value: keyVault.outputs.kekSecretName
+  }
+  {
+    name: 'KeyBroker__Kek__Create'
+    value: keyBrokerCreatesKek ? 'true' : 'false'
+  }
+  {
+    name: 'KeyBroker__CreateKeys'
+    value: 'true'
   }
 ]
 // The KeyBroker trusts tokens of this Microsoft Azure Attestation issuer (MAA tokens carry no audience: the broker's
@@ -375,7 +392,7 @@ module apps 'modules/container-app.bicep' = [
         storageEnv,
         // Service discovery inside the environment: an app is reached by its name (cleartext HTTP/2).
         map(catalog.services[name].references, r => { name: 'services__${r}__grpc__0', value: 'http://${r}' }),
-        catalog.services[name].keyVault == 'wrap' ? concat(keyVaultEnv, keyBrokerAttestationEnv) : []
+        catalog.services[name].keyVault == 'kek' ? concat(keyBrokerKekEnv, keyBrokerAttestationEnv) : []
       )
     }
   }
@@ -438,7 +455,7 @@ output AZURE_STORAGE_BLOB_ENDPOINT string = storage.outputs.blobEndpoint
 output AZURE_STORAGE_TABLE_ENDPOINT string = storage.outputs.tableEndpoint
 output AZURE_KEY_VAULT_NAME string = keyVault.outputs.vaultName
 output AZURE_KEY_VAULT_ENDPOINT string = keyVault.outputs.vaultUri
-output KEY_ENCRYPTION_KEY_URI string = keyVault.outputs.keyEncryptionKeyUri
+output KEYBROKER_KEK_SECRET_NAME string = keyVault.outputs.kekSecretName
 output AZURE_LOG_ANALYTICS_WORKSPACE_ID string = monitoring.outputs.workspaceId
 output MRISEG_SERVICES array = serviceNames
 output MRISEG_CONTAINER_APPS array = [for (name, i) in appServiceNames: { name: name, fqdn: apps[i].outputs.fqdn }]

@@ -1,6 +1,9 @@
-// Key Vault Premium (HSM-backed keys) for the KeyBroker's key-encryption key: RBAC only, purge
-// protection, private endpoint only. The KeyBroker keeps data keys wrapped under this key; its
-// identity may wrap and unwrap with this one key and do nothing else in the vault.
+// Key Vault Premium for the KeyBroker's key-encryption key (KEK): RBAC only, purge protection, private endpoint
+// only. The KEK is a secret holding a base64 256-bit key (Azure.Security.KeyVault.Secrets); the KeyBroker reads it,
+// by version, with its managed identity, and keeps everything else it must not lose wrapped under it in its tables.
+// No template carries the secret's value: the postprovision hook (infra/hooks/create-keybroker-kek.sh) creates it once
+// through Azure Resource Manager, or the KeyBroker does at its first start where kekCreatorPrincipalIds allows.
+// The secret may not exist when this deploys, so the roles are on the vault, which holds nothing else.
 
 param location string
 param tags object
@@ -10,27 +13,24 @@ param tags object
 @maxLength(24)
 param vaultName string
 
-@description('Name of the key-encryption key.')
-param keyEncryptionKeyName string
+@description('Name of the secret holding the key-encryption key.')
+param kekSecretName string
 
-@description('Size of the RSA-HSM key-encryption key.')
-@allowed([
-  3072
-  4096
-])
-param keyEncryptionKeySize int
+@description('Principal ids that read the key-encryption key secret (the KeyBroker): Key Vault Secrets User.')
+param kekReaderPrincipalIds array
 
-@description('Principal ids that may wrap and unwrap with the key-encryption key (the KeyBroker).')
-param wrapPrincipalIds array
+@description('Principal ids that may also create it (KeyBroker:Kek:Create): Key Vault Secrets Officer. Empty unless the KeyBroker creates its own KEK.')
+param kekCreatorPrincipalIds array
 
-@description('Also grant Key Vault secure key release on this vault\'s keys to those principals (only for exportable keys with a release policy; the KeyBroker\'s own release needs only wrap/unwrap).')
+@description('Also grant Key Vault secure key release on this vault\'s keys to the readers (only for exportable keys with a release policy; the KeyBroker\'s own KEK needs none).')
 param grantKeyRelease bool
 
 param vnetId string
 param privateEndpointsSubnetId string
 
-// Built-in roles: get/wrap/unwrap on keys, and secure key release.
-var cryptoServiceEncryptionUser = 'e147488a-f6f5-4113-8e2d-b22465e65bf6'
+// Built-in roles: read secrets; read, set and delete secrets; secure key release.
+var secretsUser = '4633458b-17de-408a-b874-0445c86b69e6'
+var secretsOfficer = 'b86a8fe4-44ce-4948-aee5-eccb2c155cd7'
 var cryptoServiceReleaseUser = '08bbd89e-9f13-488c-ac41-acfcb10c90ab'
 
 resource vault 'Microsoft.KeyVault/vaults@2025-05-01' = {
@@ -55,54 +55,34 @@ resource vault 'Microsoft.KeyVault/vaults@2025-05-01' = {
   }
 }
 
-resource kek 'Microsoft.KeyVault/vaults/keys@2025-05-01' = {
-  parent: vault
-  name: keyEncryptionKeyName
-  tags: tags
-  properties: {
-    kty: 'RSA-HSM'
-    keySize: keyEncryptionKeySize
-    keyOps: [
-      'wrapKey'
-      'unwrapKey'
-    ]
-    attributes: {
-      enabled: true
-      exportable: false
-    }
-    rotationPolicy: {
-      attributes: {
-        expiryTime: 'P2Y'
-      }
-      lifetimeActions: [
-        {
-          action: {
-            type: 'notify'
-          }
-          trigger: {
-            timeBeforeExpiry: 'P30D'
-          }
-        }
-      ]
-    }
-  }
-}
-
-resource wrapAssignments 'Microsoft.Authorization/roleAssignments@2022-04-01' = [
-  for principalId in wrapPrincipalIds: {
-    name: guid(kek.id, principalId, cryptoServiceEncryptionUser)
-    scope: kek
+resource readerAssignments 'Microsoft.Authorization/roleAssignments@2022-04-01' = [
+  for principalId in kekReaderPrincipalIds: {
+    name: guid(vault.id, principalId, secretsUser)
+    scope: vault
     properties: {
       principalId: principalId
       principalType: 'ServicePrincipal'
-      roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', cryptoServiceEncryptionUser)
-      description: 'MriSeg KeyBroker: wrap/unwrap with the key-encryption key'
+      roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', secretsUser)
+      description: 'MriSeg KeyBroker: read the key-encryption key secret ${kekSecretName} (by version)'
+    }
+  }
+]
+
+resource creatorAssignments 'Microsoft.Authorization/roleAssignments@2022-04-01' = [
+  for principalId in kekCreatorPrincipalIds: {
+    name: guid(vault.id, principalId, secretsOfficer)
+    scope: vault
+    properties: {
+      principalId: principalId
+      principalType: 'ServicePrincipal'
+      roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', secretsOfficer)
+      description: 'MriSeg KeyBroker: create the key-encryption key secret ${kekSecretName} at first start (remove once it exists)'
     }
   }
 ]
 
 resource releaseAssignments 'Microsoft.Authorization/roleAssignments@2022-04-01' = [
-  for principalId in (grantKeyRelease ? wrapPrincipalIds : []): {
+  for principalId in (grantKeyRelease ? kekReaderPrincipalIds : []): {
     name: guid(vault.id, principalId, cryptoServiceReleaseUser)
     scope: vault
     properties: {
@@ -138,5 +118,4 @@ module vaultEndpoint 'private-endpoint.bicep' = {
 
 output vaultName string = vault.name
 output vaultUri string = vault.properties.vaultUri
-output keyEncryptionKeyName string = kek.name
-output keyEncryptionKeyUri string = kek.properties.keyUri
+output kekSecretName string = kekSecretName

@@ -317,7 +317,7 @@ public sealed class KeyBrokerEngine
             }
         }
 
-        using var key = _keys.DecryptAtRest(stored.Material!, stored.Binding);
+        using var key = await _keys.DecryptAtRestAsync(stored.Material!, stored.Binding, stored.KekId, cancellationToken).ConfigureAwait(false);
         if (terms is not null)
         {
             await _ledger.ReplaceTermsAsync(terms, stored.KeyId, cancellationToken).ConfigureAwait(false);
@@ -330,7 +330,7 @@ public sealed class KeyBrokerEngine
             PolicyJson = policy?.Json ?? stored.PolicyJson,
             ContractId = terms?.ContractId ?? stored.ContractId,
         };
-        updated = updated with { Material = _keys.EncryptAtRest(key, updated.Binding) };
+        updated = updated with { Material = _keys.EncryptAtRest(key, updated.Binding), KekId = _keys.KekId }; // re-wrapped under the current KEK version
         await ReplaceKeyAsync(updated, cancellationToken).ConfigureAwait(false);
         await _audit.AppendAsync(stored.KeyId, caller, "update", true,
             $"version {updated.Version}:{(policy is null ? "" : " release policy replaced")}{(terms is null ? "" : $" contract '{terms.ContractId}' terms replaced")}",
@@ -619,7 +619,8 @@ public sealed class KeyBrokerEngine
     private async Task<V1.ReleaseKeyResponse> GrantAsync(PartyPrincipal caller, StoredKey stored, RecipientPublicKey requester, string why, BudgetView? budget, CancellationToken cancellationToken)
     {
         WrappedKey wrapped;
-        using (var key = _keys.DecryptAtRest(stored.Material ?? throw KeyBrokerException.FailedPrecondition($"key {stored.KeyId} has no key material"), stored.Binding))
+        using (var key = await _keys.DecryptAtRestAsync(stored.Material ?? throw KeyBrokerException.FailedPrecondition($"key {stored.KeyId} has no key material"), stored.Binding,
+            stored.KekId, cancellationToken).ConfigureAwait(false))
         {
             wrapped = KeyWrap.Wrap(key, requester);
         }

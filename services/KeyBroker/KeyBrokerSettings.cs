@@ -1,6 +1,7 @@
 using System.Globalization;
 using MriSeg.KeyRelease;
 using MriSeg.KeyRelease.Attestation;
+using MriSeg.KeyRelease.Keys;
 using MriSeg.KeyRelease.Parties;
 using MriSeg.ServiceDefaults;
 
@@ -18,14 +19,24 @@ public sealed class KeyBrokerSettings
     public const string DefaultDevelopmentIssuer = "http://localhost:5132/dev-attestation";
 
     /// <summary>
-    /// <c>KeyBroker:KeysDirectory</c>: the broker's own keys (import wrapping key, key-encryption key, development
-    /// authority signing key), files 0600 in a 0700 folder. Default in Development: <c>.mriseg/keybroker</c> in the
-    /// repository; required otherwise. Key Vault Premium / a managed HSM takes its place in the cloud.
+    /// <c>KeyBroker:KeysDirectory</c>: with the file key-encryption key (<see cref="Kek"/>), the broker's own keys (import
+    /// wrapping key, key-encryption key, development authority signing key), files 0600 in a 0700 folder. Default in
+    /// Development: <c>.mriseg/keybroker</c> in the repository; required otherwise. Unused with the Key Vault source,
+    /// where those keys live in table storage wrapped under the Key Vault KEK.
     /// </summary>
     public required string? KeysDirectory { get; init; }
 
-    /// <summary><c>KeyBroker:CreateKeys</c>: create missing broker keys at start (default: Development only).</summary>
+    /// <summary>
+    /// <c>KeyBroker:CreateKeys</c>: create missing broker keys at start (default: Development only): the key files, or
+    /// with the Key Vault source the keyring in table storage (never over existing state).
+    /// </summary>
     public bool CreateKeys { get; init; }
+
+    /// <summary>
+    /// <c>KeyBroker:Kek:Source</c> (<c>file</c>, the default, or <c>keyvault</c>), <c>…:VaultUri</c>, <c>…:SecretName</c>
+    /// (default <c>mriseg-keybroker-kek</c>) and <c>…:Create</c> (create a missing secret at start; default false).
+    /// </summary>
+    public required KeyEncryptionKeyOptions Kek { get; init; }
 
     /// <summary>The engine's options (audience, skew, token lifetime, nonce lifetime, registration mode, admin token).</summary>
     public required KeyBrokerOptions Engine { get; init; }
@@ -61,12 +72,23 @@ public sealed class KeyBrokerSettings
             authorities.Add(new TrustedAuthority(issuer, entry.GetValue("RequireAudience", true), entry.GetValue("AllowHttp", false)));
         }
 
+        var kek = section.GetSection("Kek");
+        var vaultUri = kek["VaultUri"];
         return new KeyBrokerSettings
         {
             KeysDirectory = !string.IsNullOrWhiteSpace(keys)
                 ? Path.GetFullPath(keys, environment.ContentRootPath)
                 : development ? DevelopmentFolders.Resolve(environment.ContentRootPath, "keybroker") : null,
             CreateKeys = section.GetValue("CreateKeys", development),
+            Kek = new KeyEncryptionKeyOptions
+            {
+                Source = KeyEncryptionKeyOptions.ParseSource(kek["Source"]),
+                VaultUri = string.IsNullOrWhiteSpace(vaultUri) ? null
+                    : Uri.TryCreate(vaultUri.Trim(), UriKind.Absolute, out var uri) ? uri
+                    : throw new InvalidOperationException($"{kek.Path}:VaultUri '{vaultUri}' is not an absolute URL"),
+                SecretName = kek["SecretName"] is { Length: > 0 } secretName ? secretName.Trim() : KeyEncryptionKeyOptions.DefaultSecretName,
+                Create = kek.GetValue("Create", false),
+            }.Validated(),
             Engine = new KeyBrokerOptions
             {
                 Audience = section["Audience"] is { Length: > 0 } audience ? audience : PartyTokens.DefaultAudience,

@@ -1,4 +1,7 @@
 using Azure.Data.Tables;
+using Azure.Identity;
+using Azure.Security.KeyVault.Secrets;
+using MriSeg.Contracts;
 using MriSeg.KeyBroker;
 using MriSeg.KeyRelease;
 using MriSeg.KeyRelease.Attestation;
@@ -13,16 +16,34 @@ builder.AddGrpcHosting();
 builder.Services.AddGrpc().AddServiceOptions<KeyBrokerService>(options => options.Interceptors.Add<PartyAuthInterceptor>());
 
 var settings = KeyBrokerSettings.From(builder.Configuration, builder.Environment);
-var keysDirectory = settings.KeysDirectory ?? throw new InvalidOperationException(
-    "KeyBroker:KeysDirectory is not set: the folder of the broker's keys (import wrapping key, key-encryption key) is required outside Development");
-var brokerKeys = BrokerKeyMaterial.LoadOrCreate(keysDirectory, settings.CreateKeys, out var createdKeys);
+string? keysDirectory = null;
+BrokerKeyMaterial brokerKeys;
+if (settings.Kek.Source == KeyEncryptionKeySourceKind.File)
+{
+    // Development: every broker key in files under KeyBroker:KeysDirectory.
+    keysDirectory = settings.KeysDirectory ?? throw new InvalidOperationException(
+        "KeyBroker:KeysDirectory is not set: the folder of the broker's keys (import wrapping key, key-encryption key) is required outside Development, "
+        + "unless KeyBroker:Kek:Source is keyvault");
+    brokerKeys = BrokerKeyMaterial.LoadOrCreate(keysDirectory, settings.CreateKeys, out _);
+}
+else
+{
+    // The cloud, with no persistent disk: the key-encryption key is a Key Vault secret read with the workload's managed
+    // identity (AZURE_CLIENT_ID); the other broker keys are in table storage, wrapped under it (BrokerKeyring).
+    var secrets = new SecretClient(settings.Kek.VaultUri!, new DefaultAzureCredential());
+    var tables = StorageConnection.CreateTableClient(builder.Configuration.GetConnectionString(ServiceCatalog.TableConnection)!);
+    brokerKeys = await BrokerKeyMaterial.LoadOrCreateAsync(new KeyVaultKeyEncryptionKeySource(secrets, settings.Kek.SecretName, settings.Kek.Create),
+        new TableRecordStore(tables), settings.CreateKeys, TimeProvider.System, CancellationToken.None);
+}
 
 DevelopmentAttestationAuthority? devAuthority = null;
 var authorities = new List<TrustedAuthority>(settings.Authorities);
 if (settings.DevelopmentAuthorityEnabled)
 {
-    devAuthority = DevelopmentAttestationAuthority.LoadOrCreate(settings.DevelopmentIssuer, Path.Combine(keysDirectory, "dev-attestation-signing.key"),
-        tokenLifetime: settings.DevelopmentTokenLifetime, audience: settings.Engine.Audience);
+    devAuthority = brokerKeys.CreateDevelopmentSigningKey() is { } signingKey
+        ? new DevelopmentAttestationAuthority(settings.DevelopmentIssuer, signingKey, tokenLifetime: settings.DevelopmentTokenLifetime, audience: settings.Engine.Audience)
+        : DevelopmentAttestationAuthority.LoadOrCreate(settings.DevelopmentIssuer, Path.Combine(keysDirectory!, BrokerKeyMaterial.DevelopmentSigningKeyFile),
+            tokenLifetime: settings.DevelopmentTokenLifetime, audience: settings.Engine.Audience);
     authorities.Add(devAuthority.AsTrusted());
 }
 
@@ -59,8 +80,9 @@ builder.Services.AddSingleton(services => new KeyBrokerEngine(settings.Engine, s
 
 var app = builder.Build();
 app.Logger.LogInformation(
-    "KeyBroker: keys in {KeysDirectory}{Created}, broker key {WrapKeyId}, registration {Registration}, trusted attestation authorities: {Authorities}",
-    keysDirectory, createdKeys ? " (created missing keys)" : "", brokerKeys.WrapKeyId, settings.Engine.Registration,
+    "KeyBroker: keys {Keys}{Created}, key-encryption key {KekSource} (wrapping under {KekId}), broker key {WrapKeyId}, registration {Registration}, trusted attestation authorities: {Authorities}",
+    keysDirectory is null ? $"in table storage ({BrokerKeyring.Table}), wrapped under the key-encryption key" : "in " + keysDirectory,
+    brokerKeys.Created ? " (created missing keys)" : "", brokerKeys.KekDescription, brokerKeys.KekId, brokerKeys.WrapKeyId, settings.Engine.Registration,
     string.Join(", ", authorities.Select(a => a.Issuer)));
 if (devAuthority is not null)
 {

@@ -5,7 +5,7 @@ namespace MriSeg.Infra.Tests;
 
 /// <summary>
 /// The compiled templates keep what the clean room relies on: the services of services.json, a
-/// confidential VM for the Trainer, storage and Key Vault without keys or public access, internal
+/// confidential VM for the Trainer, storage and Key Vault without shared keys, template-held secrets or public access, internal
 /// HTTP/2 ingress. A regression here is a security regression, so each setting is asserted by name.
 /// </summary>
 public sealed partial class TemplateTests(BicepBuild bicep)
@@ -161,9 +161,52 @@ public sealed partial class TemplateTests(BicepBuild bicep)
         AssertValue(true, vault, "properties.enablePurgeProtection");
         AssertValue("Disabled", vault, "properties.publicNetworkAccess");
 
-        var key = Single(template, "Microsoft.KeyVault/vaults/keys");
-        AssertValue("RSA-HSM", key, "properties.kty");
-        AssertValue(false, key, "properties.attributes.exportable");
+        // The key-encryption key is a secret the hook or the KeyBroker creates: no template holds a key or a secret value.
+        Assert.Empty(Resources(template, "Microsoft.KeyVault/vaults/keys"));
+        Assert.Empty(Resources(template, "Microsoft.KeyVault/vaults/secrets"));
+    }
+
+    [Fact]
+    public void The_keybroker_reads_its_kek_secret_and_may_create_it_only_when_asked()
+    {
+        const string secretsUser = "4633458b-17de-408a-b874-0445c86b69e6";
+        const string secretsOfficer = "b86a8fe4-44ce-4948-aee5-eccb2c155cd7";
+        const string cryptoServiceEncryptionUser = "e147488a-f6f5-4113-8e2d-b22465e65bf6";
+        var vault = Compiled("infra/modules/keyvault.bicep");
+        var variables = vault["variables"]!.AsObject();
+
+        // Each assignment: the role (its variable resolved) and whom it is for.
+        var assignments = Resources(vault, "Microsoft.Authorization/roleAssignments").Select(a =>
+        {
+            var role = At(a, "properties.roleDefinitionId")!.GetValue<string>();
+            foreach (var (name, value) in variables)
+            {
+                role = role.Replace($"variables('{name}')", value!.ToJsonString(), StringComparison.Ordinal);
+            }
+
+            return (Role: role, Principals: At(a, "properties.principalId")!.GetValue<string>());
+        }).ToList();
+        Assert.Contains(assignments, a => a.Role.Contains(secretsUser, StringComparison.Ordinal) && a.Principals == "[parameters('kekReaderPrincipalIds')[copyIndex()]]");
+        Assert.Contains(assignments, a => a.Role.Contains(secretsOfficer, StringComparison.Ordinal) && a.Principals == "[parameters('kekCreatorPrincipalIds')[copyIndex()]]");
+        Assert.DoesNotContain(assignments, a => a.Role.Contains(secretsOfficer, StringComparison.Ordinal) && a.Principals.Contains("kekReader", StringComparison.Ordinal));
+        Assert.DoesNotContain(assignments, a => a.Role.Contains(cryptoServiceEncryptionUser, StringComparison.Ordinal));
+
+        // main.bicep: creators only with keyBrokerCreatesKek (default false); the KeyBroker is told to read the secret.
+        var main = Compiled("infra/main.bicep");
+        AssertValue(false, main, "parameters.keyBrokerCreatesKek.defaultValue");
+        AssertValue("mriseg-keybroker-kek", main, "parameters.keyBrokerKekSecretName.defaultValue");
+        var module = Assert.Single(Resources(main, "Microsoft.Resources/deployments"), d => d["name"]?.GetValue<string>() == "keyvault");
+        var creators = At(module, "properties.parameters.kekCreatorPrincipalIds")!.GetValue<string>();
+        Assert.StartsWith("[if(parameters('keyBrokerCreatesKek'), ", creators, StringComparison.Ordinal);
+        Assert.EndsWith("createObject('value', createArray()))]", creators, StringComparison.Ordinal);
+        Assert.DoesNotContain("keyBrokerCreatesKek", At(module, "properties.parameters.kekReaderPrincipalIds")!.ToJsonString(), StringComparison.Ordinal);
+        var text = main.ToJsonString();
+        foreach (var setting in new[] { "KeyBroker__Kek__Source", "KeyBroker__Kek__VaultUri", "KeyBroker__Kek__SecretName", "KeyBroker__Kek__Create", "KeyBroker__CreateKeys" })
+        {
+            Assert.Contains(setting, text, StringComparison.Ordinal);
+        }
+
+        Assert.DoesNotContain("KeyBroker__KeysDirectory", text, StringComparison.Ordinal);
     }
 
     [Fact]

@@ -19,7 +19,7 @@ namespace MriSeg.KeyRelease.Keys;
 /// <param name="PolicyJson">The release policy document.</param>
 /// <param name="ContractId">The contract it serves (required for dataset keys).</param>
 /// <param name="Material">The key encrypted at rest (<see cref="BrokerKeyMaterial.EncryptAtRest"/>); null once revoked.</param>
-/// <param name="KekId">The id of the key-encryption key that encrypted it.</param>
+/// <param name="KekId">The id of the key-encryption key version that encrypted it (the file KEK's key id, or a Key Vault secret version id): it is opened with that version.</param>
 /// <param name="ETag">The version read.</param>
 public sealed record StoredKey(
     string KeyId, V1.KeyPurpose Purpose, string Owner, int Version, bool Revoked, string? RevocationReason,
