@@ -169,6 +169,60 @@ public sealed class QualityEvaluationTests(TorchRuntimeFixture fixture)
         }
     }
 
+    [Fact]
+    public void A_recipe_base_model_starts_the_fold_and_a_wrong_one_is_refused()
+    {
+        Assert.NotNull(fixture.Info);
+        var data = TestSlices.Disks(patients: 24, slicesPerPatient: 1, seed: 13, tumourFreeShare: 0.25);
+        var folds = CrossValidation.Folds(data, 2, seed: 1);
+        var architecture = new UNetConfig { InChannels = 1, OutChannels = 1, Depth = 2, BaseWidth = 2, GroupNormGroups = 1 };
+        var root = Directory.CreateTempSubdirectory("mriseg-base-model-").FullName;
+        try
+        {
+            // A base model that predicts nothing anywhere (last bias -100); trained with a vanishing learning rate it stays so,
+            // and a held-out fold then scores exactly its tumour-free share.
+            var folder = Path.Combine(root, "models", "silent");
+            using (var silent = new UNet2d(architecture, generator: new TorchSharp.torch.Generator(5)))
+            {
+                using (TorchSharp.torch.no_grad())
+                {
+                    silent.OrderedParameters()[^1].fill_(-100);
+                }
+
+                UNetModelFile.Save(silent, folder);
+            }
+
+            var configPath = Path.Combine(root, "configs", "r.json");
+            Directory.CreateDirectory(Path.GetDirectoryName(configPath)!);
+            var config = TrainingData.ResolveBaseModel(new TrainingConfig
+            {
+                Model = architecture,
+                BaseModel = Path.Combine("models", "silent"),
+                Privacy = new PrivacyConfig { Mode = PrivacyMode.NonPrivate },
+                Optimizer = new OptimizerConfig { LearningRate = 1e-12 },
+                Epochs = 1,
+                BatchSize = 4,
+                EmaDecay = 0,
+                Split = new SplitConfig { ValidationFraction = 0, TestFraction = 0 },
+                Threads = 1,
+            }, configPath);
+            Assert.Equal(folder, config.BaseModel);   // found beside the configs/ folder
+            var r = CrossValidation.RunFold(data, config, 0, folds[0]);
+            var tumourFree = folds[0].Count(p => !data.HasTumour(p));
+            Assert.True(tumourFree > 0);
+            Assert.Equal((double)tumourFree / folds[0].Length, r.Test.Dice, 9);
+
+            var missing = config with { BaseModel = Path.Combine(root, "nope") };
+            Assert.Contains("no model.safetensors", Assert.Throws<ArgumentException>(() => CrossValidation.RunFold(data, missing, 0, folds[0])).Message, StringComparison.Ordinal);
+            var wider = config with { Model = architecture with { BaseWidth = 4 } };
+            Assert.Contains("architecture", Assert.Throws<ArgumentException>(() => CrossValidation.RunFold(data, wider, 0, folds[0])).Message, StringComparison.Ordinal);
+        }
+        finally
+        {
+            Directory.Delete(root, recursive: true);
+        }
+    }
+
     [Theory]
     [InlineData("""{ "preprocessing": { "size": 4 } }""", "size 4")]
     [InlineData("""{ "preprocessing": { "modalities": ["flair", "pd"] } }""", "unknown modality")]
@@ -182,19 +236,33 @@ public sealed class QualityEvaluationTests(TorchRuntimeFixture fixture)
     }
 
     [Fact]
-    public void The_shipped_brats_recipes_load_and_pre_process_the_same_way()
+    public void The_shipped_brats_recipes_keep_every_patient_and_match_their_base_model()
     {
         var configs = Path.Combine(RepositoryLayout.FindRoot() ?? throw new InvalidOperationException("no repository root"), "configs");
         var recipes = new[] { "brats-nonprivate", "brats-eps8", "brats-eps1.5" }.Select(n => TrainingConfig.Load(Path.Combine(configs, n + ".json"))).ToList();
-        var first = recipes[0].Preprocessing!;
+        // One slice per patient: every recipe keeps tumour-free patients, and all read the four modalities the same way.
         foreach (var p in recipes.Select(r => r.Preprocessing!))
         {
-            Assert.Equal((first.Size, first.Labels, first.TumourFreeShare, first.LowerPercentile, first.UpperPercentile),
-                (p.Size, p.Labels, p.TumourFreeShare, p.LowerPercentile, p.UpperPercentile));
-            Assert.Equal(first.Modalities, p.Modalities);
+            Assert.Equal(1, p.TumourFreeShare);
+            Assert.Equal(["flair", "t1", "t1ce", "t2"], p.Modalities);
+            Assert.Equal(("wt", 0.5, 99.5), (p.Labels, p.LowerPercentile, p.UpperPercentile));
         }
 
-        Assert.Equal(1, recipes[0].Preprocessing!.TumourFreeShare); // one slice per patient: keep tumour-free patients
+        // A recipe that starts from the phantom base has its architecture and its input (size, modalities, labels, normalisation).
+        var basis = TrainingConfig.Load(Path.Combine(configs, "phantoms-base.json"));
+        Assert.Equal(PrivacyMode.NonPrivate, basis.Privacy.Mode);
+        Assert.Null(basis.BaseModel);
+        var based = recipes.Where(r => r.BaseModel is not null).ToList();
+        Assert.Equal(2, based.Count(r => r.Privacy.Mode == PrivacyMode.Dp)); // both DP recipes
+        foreach (var r in based)
+        {
+            Assert.Equal("output/phantom-base", r.BaseModel);
+            Assert.Equal(basis.Model, r.Model);
+            Assert.Equal((basis.Preprocessing!.Size, basis.Preprocessing.Labels, basis.Preprocessing.LowerPercentile, basis.Preprocessing.UpperPercentile),
+                (r.Preprocessing!.Size, r.Preprocessing.Labels, r.Preprocessing.LowerPercentile, r.Preprocessing.UpperPercentile));
+            Assert.Equal(basis.Preprocessing.Modalities, r.Preprocessing.Modalities);
+        }
+
         Assert.Equal(PrivacyMode.NonPrivate, recipes[0].Privacy.Mode);
         Assert.Equal((8.0, 1e-4), (recipes[1].Privacy.Epsilon, recipes[1].Privacy.Delta));
         Assert.Equal((1.5, 1e-4), (recipes[2].Privacy.Epsilon, recipes[2].Privacy.Delta));

@@ -95,7 +95,7 @@ public static class TrainingData
 
         if (!File.Exists(Path.Combine(folder, Model.UNetModelFile.WeightsFileName)))
         {
-            throw new ArgumentException($"base_model {folder}: no {Model.UNetModelFile.WeightsFileName} (produce the base model first; see the recipe's README)");
+            throw new ArgumentException($"base_model {folder}: no {Model.UNetModelFile.WeightsFileName} (produce it first: the phantom base of the BraTS recipes comes from `mriseg phantoms` and `mriseg train --config configs/phantoms-base.json`, README, section Quality on real data)");
         }
 
         try
