@@ -160,7 +160,6 @@ public static partial class NiftiReader
         var chunkVoxels = (int)Math.Min(count, (long)rowsPerChunk * rowLength);
         var bytes = new byte[(long)chunkVoxels * bytesPerVoxel];
         var widened = widen ? new short[chunkVoxels] : [];
-        var step0 = step[0];
         long done = 0;
         int i1 = 0, i2 = 0;
         var rowBase = offset[0] + offset[1] + offset[2];
@@ -188,36 +187,7 @@ public static partial class NiftiReader
             }
 
             // Whole rows, placed in their canonical position (reversed for a flipped first axis).
-            for (var r = 0; r < n; r += rowLength)
-            {
-                var row = chunk.Slice(r, rowLength);
-                if (step0 == 1)
-                {
-                    row.CopyTo(data.AsSpan((int)rowBase, rowLength));
-                }
-                else if (step0 == -1)
-                {
-                    var target = data.AsSpan((int)(rowBase - rowLength + 1), rowLength);
-                    row.CopyTo(target);
-                    target.Reverse();
-                }
-                else
-                {
-                    var d = rowBase;
-                    for (var v = 0; v < rowLength; v++, d += step0)
-                    {
-                        data[d] = row[v];
-                    }
-                }
-
-                if (++i1 == storage.Y)
-                {
-                    i1 = 0;
-                    i2++;
-                }
-
-                rowBase = offset[0] + offset[1] + offset[2] + (i1 * step[1]) + (i2 * step[2]);
-            }
+            PlaceRows(chunk, data, rowLength, storage.Y, step, offset, ref i1, ref i2, ref rowBase);
 
             done += n;
         }

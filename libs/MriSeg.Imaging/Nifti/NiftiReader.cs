@@ -471,36 +471,7 @@ public static partial class NiftiReader
             if (rowsPerChunk > 0)
             {
                 // The voxel count is a whole number of rows, and so is every chunk.
-                for (var r = 0; r < n; r += rowLength)
-                {
-                    var row = chunk.Slice(r, rowLength);
-                    if (step0 == 1)
-                    {
-                        row.CopyTo(data.AsSpan((int)rowBase, rowLength));
-                    }
-                    else if (step0 == -1)
-                    {
-                        var target = data.AsSpan((int)(rowBase - rowLength + 1), rowLength);
-                        row.CopyTo(target);
-                        target.Reverse();
-                    }
-                    else
-                    {
-                        var d = rowBase;
-                        for (var v = 0; v < rowLength; v++, d += step0)
-                        {
-                            data[d] = row[v];
-                        }
-                    }
-
-                    if (++i1 == storage.Y)
-                    {
-                        i1 = 0;
-                        i2++;
-                    }
-
-                    rowBase = offset[0] + offset[1] + offset[2] + (i1 * step[1]) + (i2 * step[2]);
-                }
+                PlaceRows<float>(chunk, data, rowLength, storage.Y, step, offset, ref i1, ref i2, ref rowBase);
             }
             else
             {
@@ -685,5 +656,45 @@ public static partial class NiftiReader
         public double F64(int at) => little
             ? BinaryPrimitives.ReadDoubleLittleEndian(bytes.AsSpan(at))
             : BinaryPrimitives.ReadDoubleBigEndian(bytes.AsSpan(at));
+    }
+
+    /// <summary>
+    /// Places a chunk of whole stored rows at their canonical positions (one block copy per row, reversed for a flipped
+    /// first axis) and advances the row cursor (<paramref name="i1"/>, <paramref name="i2"/>, <paramref name="rowBase"/>).
+    /// </summary>
+    private static void PlaceRows<T>(ReadOnlySpan<T> chunk, T[] data, int rowLength, int rows, ReadOnlySpan<long> step, ReadOnlySpan<long> offset,
+        ref int i1, ref int i2, ref long rowBase)
+    {
+        var step0 = step[0];
+        for (var r = 0; r < chunk.Length; r += rowLength)
+        {
+            var row = chunk.Slice(r, rowLength);
+            if (step0 == 1)
+            {
+                row.CopyTo(data.AsSpan((int)rowBase, rowLength));
+            }
+            else if (step0 == -1)
+            {
+                var target = data.AsSpan((int)(rowBase - rowLength + 1), rowLength);
+                row.CopyTo(target);
+                target.Reverse();
+            }
+            else
+            {
+                var d = rowBase;
+                for (var v = 0; v < rowLength; v++, d += step0)
+                {
+                    data[d] = row[v];
+                }
+            }
+
+            if (++i1 == rows)
+            {
+                i1 = 0;
+                i2++;
+            }
+
+            rowBase = offset[0] + offset[1] + offset[2] + (i1 * step[1]) + (i2 * step[2]);
+        }
     }
 }
