@@ -112,7 +112,7 @@ public sealed class CheckpointResumeTests : IClassFixture<AzuriteFixture>, IDisp
             await Assert.ThrowsAsync<SealedPackageException>(() => SealedPackage.OpenToMemoryAsync(new MemoryStream(stateBytes), consumerKey, SignerCheck.SkipSignatureVerification, cancellationToken: Ct));
         }
 
-        var scan = new PlaintextScan(world.ShardPlaintexts);
+        var scan = new PlaintextScan(world.ShardTensorData);
         Assert.False(scan.Contains(stateBytes));
         Assert.False(scan.Contains(markerBytes));
         Assert.DoesNotContain("training_checkpoint", Encoding.Latin1.GetString(stateBytes), StringComparison.Ordinal);

@@ -263,6 +263,13 @@ public sealed class CleanRoomWorld : IDisposable
 
         public List<byte[]> ShardPlaintexts { get; } = [];
 
+        /// <summary>
+        /// The patients' data in the shards: the safetensors body after its JSON header. The header's text (format,
+        /// dtypes, modalities) is the same in every shard, so another test's or the scenario's legitimate shards would match
+        /// it; the images and masks are what must never appear in the clear.
+        /// </summary>
+        public IEnumerable<byte[]> ShardTensorData => ShardPlaintexts.Select(p => p[(8 + (int)System.Buffers.Binary.BinaryPrimitives.ReadUInt64LittleEndian(p))..]);
+
         /// <summary>Copies of the providers' dataset keys (a test derives the run's checkpoint key from them, as only the clean room can).</summary>
         public List<DataKey> DatasetKeys { get; } = [];
 

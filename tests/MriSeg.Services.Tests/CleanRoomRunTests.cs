@@ -101,7 +101,7 @@ public sealed class CleanRoomRunTests : IClassFixture<AzuriteFixture>, IDisposab
         }
 
         // No plaintext of either shard in any file written meanwhile: temp folders and Azurite's storage.
-        var scan = new PlaintextScan(world.ShardPlaintexts);
+        var scan = new PlaintextScan(world.ShardTensorData);
         Assert.True(scan.IndexedWindows > 100_000);
         var hits = scan.FindIn([Path.GetTempPath(), env.Azurite.Location!], started);
         Assert.Empty(hits);
