@@ -226,6 +226,8 @@ public sealed class PreprocessCommandTests(SmallPhantomsFixture phantoms) : ICla
         Assert.Equal(20L * 48 * 48 * 24 * 2 - (4L * 48 * 48 * 24) + (20L * 352), last.GetProperty("decompressed_bytes").GetInt64());
         Assert.True(last.GetProperty("ratio").GetDouble() > 0);
         Assert.True(last.GetProperty("gunzip_ms_per_volume").GetDouble() > 0);
+        // Timing starts after the untimed runs that let the JIT settle (at least one, never more than the cap).
+        Assert.InRange(last.GetProperty("warmup_runs").GetInt32(), 1, MriSeg.Imaging.Preprocessing.PreprocessBenchmark.MaxWarmupRuns);
 
         var notVolumes = await CliRun.RunAsync("bench", "preprocess", "--input", Path.Combine(temp.Path));
         Assert.Equal(1, notVolumes.ExitCode);

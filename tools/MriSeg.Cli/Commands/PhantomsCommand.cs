@@ -47,7 +47,7 @@ internal static class PhantomsCommand
 
     internal sealed record PhantomsResult(string Output, int Sites, int Cases, string Shape, ulong Seed, int CasesWithTumour, double Seconds);
 
-    private static GridSize ParseShape(string text)
+    internal static GridSize ParseShape(string text)
     {
         var parts = text.Split('x', 'X');
         return parts.Length == 3 && parts.All(p => int.TryParse(p, NumberStyles.None, CultureInfo.InvariantCulture, out var n) && n is >= 16 and <= 512)
