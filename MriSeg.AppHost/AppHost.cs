@@ -84,6 +84,9 @@ if (builder.ExecutionContext.IsRunMode && !string.Equals(builder.Configuration["
             context.Args.Add("run");
             context.Args.Add("--out");
             context.Args.Add(Path.Combine(repositoryRoot, "output"));
+            // The consumer's party key (Packaging makes it at the consumer's first hand-off) signs the calls to the ModelVault.
+            context.Args.Add("--party-key");
+            context.Args.Add(Path.Combine(keysLocation, "keys", "tdc.key"));
             foreach (var service in services)
             {
                 context.Args.Add("--endpoint");

@@ -17,6 +17,12 @@ public sealed record ScenarioOptions
     /// <summary>The model consumer's party id; the ModelVault must serve the same consumer (<c>ModelVault:Consumer</c>).</summary>
     public string Consumer { get; init; } = "tdc";
 
+    /// <summary>
+    /// The consumer's party key (PKCS#8 PEM) that signs the scenario's calls to the ModelVault; null: the consumer's key in
+    /// the development key folder (<c>.mriseg/keys/&lt;consumer&gt;.key</c>, which Packaging makes at the consumer's first hand-off).
+    /// </summary>
+    public string? ConsumerKeyPath { get; init; }
+
     /// <summary>Generated patients per phantom hospital.</summary>
     public int PatientsPerHospital { get; init; } = 300;
 

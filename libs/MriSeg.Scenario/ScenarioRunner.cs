@@ -15,10 +15,13 @@ using MriSeg.Imaging;
 using MriSeg.Imaging.Nifti;
 using MriSeg.Imaging.Phantoms;
 using MriSeg.Imaging.Preprocessing;
+using MriSeg.KeyRelease.Client;
+using MriSeg.KeyRelease.Parties;
 using MriSeg.Learning.Model;
 using MriSeg.Learning.Torch;
 using MriSeg.Learning.Training;
 using MriSeg.Sealing;
+using MriSeg.Contracts;
 using TorchSharp;
 using V1 = MriSeg.Contracts.V1;
 
@@ -122,7 +125,11 @@ public sealed class ScenarioRunner(ScenarioEndpoints endpoints, BlobServiceClien
         var preprocess = new V1.Preprocess.PreprocessClient(Channel(endpoints.Preprocess));
         var packaging = new V1.Packaging.PackagingClient(Channel(endpoints.Packaging));
         var trainer = new V1.Trainer.TrainerClient(Channel(endpoints.Trainer));
-        var vault = new V1.ModelVault.ModelVaultClient(Channel(endpoints.ModelVault));
+        // The vault authenticates its callers: the consumer's key, read when the vault is first called (phase 4, after
+        // Packaging has made it at the consumer's first hand-off in development).
+        V1.ModelVault.ModelVaultClient? vaultClient = null;
+        V1.ModelVault.ModelVaultClient Vault() => vaultClient ??= new V1.ModelVault.ModelVaultClient(
+            Channel(endpoints.ModelVault).WithPartyTokens(_consumerKey ??= LoadConsumerKey(options), options.Consumer, PartyTokens.ModelVaultAudience));
         var pipelineJson = options.ResolvePipeline();
         var config = TrainingConfig.FromJson(pipelineJson);
         // The contracts allow what the pipeline declares: the shipped recipe is set to --epsilon/--delta, a given pipeline
@@ -239,7 +246,7 @@ public sealed class ScenarioRunner(ScenarioEndpoints endpoints, BlobServiceClien
             await HandOffAsync(packaging, sealedPipeline, options.Consumer, V1.KeyPurpose.Model, cleanRoom.ReleasePolicyJson, null, ct).ConfigureAwait(false);
 
             // The consumer's ModelVault makes the output key and imports it; it never leaves the vault and the broker.
-            var output = await Call(4, "ModelVault.CreateOutputKey", () => vault.CreateOutputKeyAsync(
+            var output = await Call(4, "ModelVault.CreateOutputKey", () => Vault().CreateOutputKeyAsync(
                 new V1.CreateOutputKeyRequest { ReleasePolicyJson = cleanRoom.ReleasePolicyJson }, cancellationToken: ct).ResponseAsync).ConfigureAwait(false);
             outputKeyId = output.KeyId;
             return $"{contracts.Count} dataset keys (contracts ε ≤ {epsilon.ToString(CultureInfo.InvariantCulture)} per run, δ = {delta.ToString("G3", CultureInfo.InvariantCulture)}), " +
@@ -287,7 +294,7 @@ public sealed class ScenarioRunner(ScenarioEndpoints endpoints, BlobServiceClien
             record = await Call(6, "ModelVault.PullModel", async () =>
             {
                 V1.ModelRecord? pulled = null;
-                using var pull = vault.PullModel(new V1.PullModelRequest { RunId = runId, ExpectedCodeMeasurement = cleanRoom.CodeMeasurement }, cancellationToken: ct);
+                using var pull = Vault().PullModel(new V1.PullModelRequest { RunId = runId, ExpectedCodeMeasurement = cleanRoom.CodeMeasurement }, cancellationToken: ct);
                 await foreach (var p in pull.ResponseStream.ReadAllAsync(ct).ConfigureAwait(false))
                 {
                     if (p.Progress is { } jp)
@@ -301,7 +308,7 @@ public sealed class ScenarioRunner(ScenarioEndpoints endpoints, BlobServiceClien
                 return pulled ?? throw new ScenarioException(6, "the ModelVault ended the pull without a model record");
             }).ConfigureAwait(false);
             await File.WriteAllTextAsync(Path.Combine(outputDirectory, "model-record.json"), JsonFormatter.Default.Format(record), ct).ConfigureAwait(false);
-            segmented = await SegmentAsync(vault, record.ModelId, options, outputDirectory, ct).ConfigureAwait(false);
+            segmented = await SegmentAsync(Vault(), record.ModelId, options, outputDirectory, ct).ConfigureAwait(false);
             return $"model {record.ModelId} registered (Dice {Metric(record, "dice")}); segmented {segmented.Case}: " +
                 (segmented.Dice is { } d ? $"Dice {d:F3} against its ground truth, " : "") + $"mask {segmented.Mask}";
         }).ConfigureAwait(false);
@@ -333,7 +340,26 @@ public sealed class ScenarioRunner(ScenarioEndpoints endpoints, BlobServiceClien
         {
             c.Dispose();
         }
+
+        _consumerKey?.Dispose();
     }
+
+    /// <summary>The consumer's party key for the ModelVault's caller authentication.</summary>
+    /// <exception cref="ScenarioException">It is missing or unreadable.</exception>
+    private static SigningKey LoadConsumerKey(ScenarioOptions options)
+    {
+        var path = options.ConsumerKeyPath ?? Path.Combine(DevelopmentFolders.Resolve(Environment.CurrentDirectory, "keys"), options.Consumer + ".key");
+        try
+        {
+            return SigningKey.Load(path);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or SealedPackageException)
+        {
+            throw new ScenarioException(4, $"the consumer's party key {path} (it signs the calls to the ModelVault; --party-key) cannot be read: {e.Message}", e);
+        }
+    }
+
+    private SigningKey? _consumerKey;
 
     private GrpcChannel Channel(Uri address)
     {

@@ -1,3 +1,4 @@
+using MriSeg.Contracts;
 using System.Globalization;
 using MriSeg.KeyRelease;
 using MriSeg.KeyRelease.Attestation;

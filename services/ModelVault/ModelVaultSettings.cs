@@ -1,3 +1,4 @@
+using MriSeg.Contracts;
 using System.Globalization;
 using MriSeg.CleanRoom.Consumer;
 using MriSeg.KeyRelease;
@@ -24,6 +25,9 @@ public sealed class ModelVaultSettings
     /// <summary>The development attestation authority the KeyBroker serves on its HTTP/1.1 port under the AppHost.</summary>
     public const string DefaultDevelopmentIssuer = "http://localhost:5132/dev-attestation";
 
+    /// <summary>The audience of the party tokens the vault's callers send (the KeyBroker's is <see cref="PartyTokens.DefaultAudience"/>).</summary>
+    public const string CallerAudience = PartyTokens.ModelVaultAudience;
+
     /// <summary>The named HttpClient that fetches attestation authorities' OpenID metadata and keys.</summary>
     public const string MetadataClientName = "attestation-metadata";
 
@@ -43,6 +47,15 @@ public sealed class ModelVaultSettings
     /// is set (PullModel and CreateOutputKey then answer FAILED_PRECONDITION).
     /// </summary>
     public string? PartyKeyPath { get; init; }
+
+    /// <summary>
+    /// Who may call the vault, besides the consumer itself (a token signed by the consumer's own party key,
+    /// <see cref="PartyKeyPath"/>, as party <see cref="Consumer"/>, is always accepted): <c>ModelVault:Callers:N:Party</c>
+    /// and <c>ModelVault:Callers:N:PublicKeyPath</c> (a SubjectPublicKeyInfo PEM, as <c>mriseg keygen</c> writes
+    /// <c>PREFIX.pub</c>), e.g. the consumer's ML engineers, each with a key of their own. Every call carries
+    /// "authorization: Bearer &lt;party token&gt;" for audience <see cref="CallerAudience"/>.
+    /// </summary>
+    public IReadOnlyList<VaultCaller> Callers { get; init; } = [];
 
     /// <summary><c>ModelVault:KeyBrokerAddress</c>: the KeyBroker's gRPC address (default <see cref="DefaultKeyBrokerAddress"/>).</summary>
     public string KeyBrokerAddress { get; init; } = DefaultKeyBrokerAddress;
@@ -122,6 +135,25 @@ public sealed class ModelVaultSettings
         var partyKey = section["PartyKeyPath"] is { Length: > 0 } p ? Path.GetFullPath(p, root)
             : keys is not null ? Path.Combine(keys, consumer + ".key") : null;
 
+        var callers = new List<VaultCaller>();
+        foreach (var entry in section.GetSection("Callers").GetChildren())
+        {
+            var party = entry["Party"];
+            if (!Ids.IsPartyId(party))
+            {
+                throw new InvalidOperationException($"{entry.Path}:Party '{Ids.Printable(party)}' is not a party id ({Ids.PartyIdRule})");
+            }
+
+            var pem = entry["PublicKeyPath"] is { Length: > 0 } pub ? Path.GetFullPath(pub, root)
+                : throw new InvalidOperationException($"{entry.Path}:PublicKeyPath is required (the caller's public key, PEM)");
+            if (party == consumer || callers.Any(x => x.Party == party))
+            {
+                throw new InvalidOperationException($"{entry.Path}:Party '{party}' is listed twice (the consumer '{consumer}' itself is always a caller, with its party key)");
+            }
+
+            callers.Add(new VaultCaller(party!, pem));
+        }
+
         var measurements = new List<string>();
         foreach (var entry in section.GetSection("AllowedMeasurements").GetChildren())
         {
@@ -157,6 +189,7 @@ public sealed class ModelVaultSettings
             Consumer = consumer,
             KeysDirectory = keys,
             PartyKeyPath = partyKey,
+            Callers = callers,
             KeyBrokerAddress = section["KeyBrokerAddress"] is { Length: > 0 } address ? address : DefaultKeyBrokerAddress,
             KeyBrokerAdminToken = section["KeyBrokerAdminToken"] is { Length: > 0 } admin ? admin : null,
             KeyBrokerTimeout = TimeSpan.FromSeconds(Math.Clamp(section.GetValue("KeyBrokerTimeoutSeconds", 30), 1, 600)),
@@ -185,5 +218,9 @@ public sealed class ModelVaultSettings
     public string Describe() => string.Create(CultureInfo.InvariantCulture,
         $"consumer {Consumer}, party key {PartyKeyPath ?? "(not set: PullModel needs ModelVault:PartyKeyPath or ModelVault:KeysDirectory)"}, models in {ModelsDirectory} (table {RegistryTable}), KeyBroker at {KeyBrokerAddress}, "
         + $"allowed measurements: {(AllowedMeasurements.Count == 0 ? "none (each pull names its own)" : string.Join(", ", AllowedMeasurements.Select(m => m[..Math.Min(16, m.Length)] + "…")))}, "
-        + $"trusted attestation authorities: {(Authorities.Count == 0 ? "none" : string.Join(", ", Authorities.Select(a => a.Issuer)))}, local paths allowed: {AllowLocalPaths}");
+        + $"trusted attestation authorities: {(Authorities.Count == 0 ? "none" : string.Join(", ", Authorities.Select(a => a.Issuer)))}, local paths allowed: {AllowLocalPaths}, "
+        + $"callers: {string.Join(", ", Callers.Select(c => c.Party).Prepend(Consumer))}");
 }
+
+/// <summary>A party allowed to call the vault, with the public key its tokens must verify under.</summary>
+public sealed record VaultCaller(string Party, string PublicKeyPath);

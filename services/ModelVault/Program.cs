@@ -1,6 +1,7 @@
 using Azure.Data.Tables;
 using MriSeg.CleanRoom.Consumer;
 using MriSeg.KeyRelease.Attestation;
+using MriSeg.KeyRelease.Parties;
 using MriSeg.ModelVault;
 using MriSeg.ServiceDefaults;
 
@@ -20,6 +21,11 @@ builder.Services.AddSingleton<IIssuerKeySource>(services => new OpenIdIssuerKeyC
 // The consumer's own output key comes from the KeyBroker: its grpc endpoint through service discovery (the AppHost's reference).
 builder.Services.AddGrpcClient<MriSeg.Contracts.V1.KeyBroker.KeyBrokerClient>(options => options.Address = new Uri(settings.KeyBrokerAddress));
 builder.Services.AddTransient<ConsumerParty>();
+// Every call is authenticated: a party token of the consumer or of a listed caller (ModelVault:Callers).
+builder.Services.AddSingleton<VaultCallers>();
+builder.Services.AddSingleton(services => new PartyTokenValidator(
+    services.GetRequiredService<VaultCallers>(), new PartyTokenOptions { Audience = ModelVaultSettings.CallerAudience }, TimeProvider.System));
+builder.Services.AddGrpc().AddServiceOptions<ModelVaultService>(options => options.Interceptors.Add<CallerAuthInterceptor>());
 builder.Services.AddSingleton<Segmentations>();
 
 var app = builder.Build();

@@ -1,3 +1,4 @@
+using MriSeg.Contracts;
 using MriSeg.ServiceDefaults;
 
 namespace MriSeg.Preprocess;

@@ -1,3 +1,4 @@
+using MriSeg.Contracts;
 using Grpc.Core;
 using MriSeg.Contracts.V1;
 using MriSeg.KeyRelease.Attestation;

@@ -3,6 +3,8 @@ using Aspire.Hosting.Testing;
 using Azure.Storage.Blobs;
 using MriSeg.Contracts;
 using MriSeg.Contracts.V1;
+using MriSeg.KeyRelease.Client;
+using MriSeg.KeyRelease.Parties;
 using MriSeg.Scenario;
 using Xunit;
 
@@ -38,6 +40,7 @@ public sealed class ScenarioAppTests(AppHostFixture fixture, ITestOutputHelper o
         var options = new ScenarioOptions
         {
             PatientsPerHospital = 10, VolumeSize = 32, VolumeDepth = 16, Epsilon = 4, Delta = 1e-4, PipelineJson = TinyPipeline, OutputDirectory = outputDirectory,
+            ConsumerKeyPath = Path.Combine(fixture.KeysLocation, "keys", "tdc.key"),
         };
         var events = new List<ScenarioEvent>();
         using var runner = new ScenarioRunner(new ScenarioEndpoints(GrpcAddress(ServiceCatalog.Preprocess), GrpcAddress(ServiceCatalog.Packaging), GrpcAddress(ServiceCatalog.Trainer),
@@ -92,7 +95,8 @@ public sealed class ScenarioAppTests(AppHostFixture fixture, ITestOutputHelper o
         Assert.All(summary.Outputs.SealedOutputs, o => Assert.EndsWith(".sealed", o, StringComparison.Ordinal));
 
         // 6. The ModelVault registered the model with its privacy and provenance, and segmented the unseen case on its grid.
-        var vault = new ModelVault.ModelVaultClient(fixture.Channel(ServiceCatalog.ModelVault));
+        using var consumerKey = MriSeg.Sealing.SigningKey.Load(options.ConsumerKeyPath);
+        var vault = new ModelVault.ModelVaultClient(fixture.Channel(ServiceCatalog.ModelVault).WithPartyTokens(consumerKey, options.Consumer, PartyTokens.ModelVaultAudience));
         var record = await vault.GetModelAsync(new GetModelRequest { ModelId = summary.Outputs.ModelId }, cancellationToken: ct);
         Assert.Equal(summary.RunId, record.RunId);
         Assert.Equal(summary.Epsilon, record.Privacy.Epsilon, 9);
@@ -108,6 +112,11 @@ public sealed class ScenarioAppTests(AppHostFixture fixture, ITestOutputHelper o
         // Only the consumer obtains its output key outside the clean room: a hospital (its key as Packaging holds it) is refused.
         var start = Google.Protobuf.JsonParser.Default.Parse<StartRunRequest>(await File.ReadAllTextAsync(Path.Combine(summary.Outputs.Directory, "start-run.json"), ct));
         using var hospitalKey = MriSeg.Sealing.SigningKey.Load(Path.Combine(fixture.KeysLocation, "keys", "hospital-a.key"));
+
+        // Nor may a hospital call the consumer's ModelVault: it is not one of the vault's callers.
+        var asHospital = new ModelVault.ModelVaultClient(fixture.Channel(ServiceCatalog.ModelVault).WithPartyTokens(hospitalKey, "hospital-a", PartyTokens.ModelVaultAudience));
+        var notACaller = await Assert.ThrowsAsync<Grpc.Core.RpcException>(() => asHospital.ListModelsAsync(new ListModelsRequest(), cancellationToken: ct).ResponseAsync);
+        Assert.Equal(Grpc.Core.StatusCode.Unauthenticated, notACaller.StatusCode);
         var hospital = new MriSeg.KeyRelease.Client.KeyBrokerParty(new KeyBroker.KeyBrokerClient(fixture.Channel(ServiceCatalog.KeyBroker)), "hospital-a", hospitalKey);
         var denied = await Assert.ThrowsAsync<Grpc.Core.RpcException>(async () => await hospital.ReleaseOwnOutputKeyAsync(start.OutputKeyId, ct));
         Assert.Equal(Grpc.Core.StatusCode.PermissionDenied, denied.StatusCode);

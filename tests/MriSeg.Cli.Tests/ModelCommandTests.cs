@@ -13,6 +13,8 @@ using Microsoft.Extensions.Logging;
 using MriSeg.Imaging;
 using MriSeg.Imaging.Nifti;
 using MriSeg.Imaging.Phantoms;
+using MriSeg.KeyRelease.Parties;
+using MriSeg.Sealing;
 using MriSeg.Testing.Models;
 using SixLabors.ImageSharp;
 using SixLabors.ImageSharp.PixelFormats;
@@ -27,6 +29,15 @@ namespace MriSeg.Cli.Tests;
 public sealed class ModelCommandTests : IDisposable
 {
     private readonly TempFolder _temp = new();
+    private readonly string _partyKey;
+
+    public ModelCommandTests()
+    {
+        // The consumer's party key: the CLI signs every ModelVault call with it (the vault authenticates its callers).
+        _partyKey = Path.Combine(_temp.Path, "tdc.key");
+        using var key = SigningKey.Generate();
+        key.Save(_partyKey);
+    }
 
     public void Dispose() => _temp.Dispose();
 
@@ -147,7 +158,7 @@ public sealed class ModelCommandTests : IDisposable
         var overlay = Path.Combine(_temp.Path, "overlay.png");
 
         var run = await CliRun.RunAsync("segment", "--model", "tiny-1", "--input", caseFolder, "--out", mask, "--overlay", overlay, "--threshold", "0.4",
-            "--endpoint", $"modelvault={vault.Address}", "--json");
+            "--endpoint", $"modelvault={vault.Address}", "--party-key", _partyKey, "--json");
 
         Assert.True(run.ExitCode == 0, run.ToString());
         var request = Assert.Single(vault.Segments);
@@ -166,7 +177,7 @@ public sealed class ModelCommandTests : IDisposable
         Assert.Equal(1.5, region.GetProperty("millilitres").GetDouble());
 
         // An unknown model: the vault's NOT_FOUND in one line, with the way to list models.
-        var unknown = await CliRun.RunAsync("segment", "--model", "other", "--input", caseFolder, "--out", mask, "--endpoint", $"modelvault={vault.Address}");
+        var unknown = await CliRun.RunAsync("segment", "--model", "other", "--input", caseFolder, "--out", mask, "--endpoint", $"modelvault={vault.Address}", "--party-key", _partyKey);
         Assert.Equal(1, unknown.ExitCode);
         Assert.Contains("NotFound", unknown.Stderr, StringComparison.Ordinal);
         Assert.Contains("mriseg model list", unknown.Stderr, StringComparison.Ordinal);
@@ -179,7 +190,7 @@ public sealed class ModelCommandTests : IDisposable
         var endpoint = $"modelvault={vault.Address}";
         var measurement = new string('a', 64);
 
-        var pull = await CliRun.RunAsync("model", "pull", "--run", "run-7", "--expect-measurement", measurement, "--endpoint", endpoint, "--json");
+        var pull = await CliRun.RunAsync("model", "pull", "--run", "run-7", "--expect-measurement", measurement, "--endpoint", endpoint, "--party-key", _partyKey, "--json");
         Assert.True(pull.ExitCode == 0, pull.ToString());
         Assert.Equal(measurement, Assert.Single(vault.Pulls).ExpectedCodeMeasurement);
         Assert.Contains("verifying the attestation token", pull.Stderr, StringComparison.Ordinal);
@@ -190,25 +201,44 @@ public sealed class ModelCommandTests : IDisposable
         Assert.Equal(0.7, record.GetProperty("metrics").GetProperty("dice").GetDouble());
         Assert.Equal(2, record.GetProperty("architecture").GetProperty("in_channels").GetInt32());
 
-        var list = await CliRun.RunAsync("model", "list", "--endpoint", endpoint, "--json");
+        var list = await CliRun.RunAsync("model", "list", "--endpoint", endpoint, "--party-key", _partyKey, "--json");
         Assert.True(list.ExitCode == 0, list.ToString());
         Assert.Equal("tiny-1", Assert.Single(list.Json().GetProperty("models").EnumerateArray()).GetProperty("modelId").GetString());
-        var table = await CliRun.RunAsync("model", "list", "--endpoint", endpoint);
+
+        // Every call carried a fresh token of the consumer for the vault's audience, signed by the --party-key.
+        using (var key = SigningKey.Load(_partyKey))
+        {
+            Assert.Equal(2, vault.Tokens.Count);
+            Assert.Equal(2, vault.Tokens.Select(t => t.Id).Distinct().Count());
+            Assert.All(vault.Tokens, t =>
+            {
+                Assert.Equal("tdc", t.Subject);
+                Assert.Equal(PartyTokens.ModelVaultAudience, Assert.Single(t.Audiences));
+                Assert.Equal(key.Thumbprint, t.Kid);
+            });
+        }
+
+        // Without a readable key nothing is sent: one line naming --party-key.
+        var keyless = await CliRun.RunAsync("model", "list", "--endpoint", endpoint, "--party-key", Path.Combine(_temp.Path, "absent.key"));
+        Assert.Equal(1, keyless.ExitCode);
+        Assert.Contains("--party-key", keyless.Stderr, StringComparison.Ordinal);
+        Assert.Equal(2, vault.Tokens.Count);
+        var table = await CliRun.RunAsync("model", "list", "--endpoint", endpoint, "--party-key", _partyKey);
         Assert.Contains("tiny-1", table.Stdout, StringComparison.Ordinal);
         Assert.Contains("hospital-a", table.Stdout, StringComparison.Ordinal);
 
-        var show = await CliRun.RunAsync("model", "show", "tiny-1", "--endpoint", endpoint);
+        var show = await CliRun.RunAsync("model", "show", "tiny-1", "--endpoint", endpoint, "--party-key", _partyKey);
         Assert.True(show.ExitCode == 0, show.ToString());
         Assert.Contains("ε = 3.5", show.Stdout, StringComparison.Ordinal);
         Assert.Contains("flair, t1 -> WT", show.Stdout, StringComparison.Ordinal);
 
         // Refusals: the vault's reason in one line; a run id that cannot be one; no vault listening.
-        var refused = await CliRun.RunAsync("model", "pull", "--run", "refused-run", "--endpoint", endpoint);
+        var refused = await CliRun.RunAsync("model", "pull", "--run", "refused-run", "--endpoint", endpoint, "--party-key", _partyKey);
         Assert.Equal(1, refused.ExitCode);
         Assert.Contains("FailedPrecondition: refused: attestation", refused.Stderr, StringComparison.Ordinal);
-        Assert.Equal(1, (await CliRun.RunAsync("model", "pull", "--run", "../x", "--endpoint", endpoint)).ExitCode);
-        Assert.Equal(1, (await CliRun.RunAsync("model", "pull", "--endpoint", endpoint)).ExitCode);
-        var down = await CliRun.RunAsync("model", "list", "--endpoint", $"modelvault=http://127.0.0.1:{Ports.Closed()}");
+        Assert.Equal(1, (await CliRun.RunAsync("model", "pull", "--run", "../x", "--endpoint", endpoint, "--party-key", _partyKey)).ExitCode);
+        Assert.Equal(1, (await CliRun.RunAsync("model", "pull", "--endpoint", endpoint, "--party-key", _partyKey)).ExitCode);
+        var down = await CliRun.RunAsync("model", "list", "--endpoint", $"modelvault=http://127.0.0.1:{Ports.Closed()}", "--party-key", _partyKey);
         Assert.Equal(1, down.ExitCode);
         Assert.Contains("is the AppHost running?", down.Stderr, StringComparison.Ordinal);
     }
@@ -226,6 +256,19 @@ public sealed class ModelCommandTests : IDisposable
         public List<V1.SegmentRequest> Segments { get; } = [];
 
         public List<V1.PullModelRequest> Pulls { get; } = [];
+
+        /// <summary>The bearer tokens of the calls, in order.</summary>
+        public List<Microsoft.IdentityModel.JsonWebTokens.JsonWebToken> Tokens { get; } = [];
+
+        private void Remember(ServerCallContext context)
+        {
+            var token = PartyTokens.FromAuthorization(context.RequestHeaders.GetValue(PartyTokens.AuthorizationHeader))
+                ?? throw new RpcException(new Status(StatusCode.Unauthenticated, "no token"));
+            lock (Tokens)
+            {
+                Tokens.Add(new Microsoft.IdentityModel.JsonWebTokens.JsonWebToken(token));
+            }
+        }
 
         public static V1.ModelRecord Record { get; } = new()
         {
@@ -269,6 +312,7 @@ public sealed class ModelCommandTests : IDisposable
 
         public override async Task PullModel(V1.PullModelRequest request, IServerStreamWriter<V1.PullModelProgress> responseStream, ServerCallContext context)
         {
+            Remember(context);
             lock (Pulls)
             {
                 Pulls.Add(request);
@@ -283,8 +327,11 @@ public sealed class ModelCommandTests : IDisposable
             await responseStream.WriteAsync(new V1.PullModelProgress { Progress = new V1.JobProgress { State = V1.JobState.Succeeded, Step = "registered", Message = "registered model tiny-1" }, Model = Record });
         }
 
-        public override Task<V1.ListModelsResponse> ListModels(V1.ListModelsRequest request, ServerCallContext context) =>
-            Task.FromResult(new V1.ListModelsResponse { Models = { Record } });
+        public override Task<V1.ListModelsResponse> ListModels(V1.ListModelsRequest request, ServerCallContext context)
+        {
+            Remember(context);
+            return Task.FromResult(new V1.ListModelsResponse { Models = { Record } });
+        }
 
         public override Task<V1.ModelRecord> GetModel(V1.GetModelRequest request, ServerCallContext context) =>
             request.ModelId == Record.ModelId ? Task.FromResult(Record)

@@ -12,7 +12,9 @@ using MriSeg.CleanRoom.Consumer;
 using MriSeg.Imaging;
 using MriSeg.Imaging.Nifti;
 using MriSeg.Imaging.Phantoms;
+using MriSeg.KeyRelease.Parties;
 using MriSeg.ModelVault;
+using MriSeg.Sealing;
 using MriSeg.Testing.Models;
 using SixLabors.ImageSharp;
 using SixLabors.ImageSharp.PixelFormats;
@@ -34,12 +36,14 @@ public sealed class ModelVaultServiceTests : IClassFixture<AzuriteFixture>, IDis
     private readonly string suffix = Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(4));
     private readonly string scratch = Directory.CreateTempSubdirectory("mriseg-modelvault-svc-").FullName;
     private readonly List<IDisposable> hosts = [];
+    private readonly TestVaultCaller caller;
 
     public ModelVaultServiceTests(AzuriteFixture azurite)
     {
         azurite.Require();
         this.azurite = azurite;
         env = new Lazy<CleanRoomWorld>(() => new CleanRoomWorld(azurite));
+        caller = new TestVaultCaller();
     }
 
     public void Dispose()
@@ -48,6 +52,8 @@ public sealed class ModelVaultServiceTests : IClassFixture<AzuriteFixture>, IDis
         {
             h.Dispose();
         }
+
+        caller.Dispose();
 
         if (env.IsValueCreated)
         {
@@ -66,7 +72,7 @@ public sealed class ModelVaultServiceTests : IClassFixture<AzuriteFixture>, IDis
     /// <summary>A vault acting as <paramref name="consumer"/>; with <paramref name="withBroker"/> its KeyBroker and attestation metadata are the in-process broker's.</summary>
     private V1.ModelVault.ModelVaultClient Vault(string consumer, string? keyPath, bool withBroker)
     {
-        var settings = new Dictionary<string, string>
+        var settings = caller.With(new Dictionary<string, string>
         {
             ["ConnectionStrings:blobs"] = azurite.BlobConnectionString,
             ["ConnectionStrings:tables"] = azurite.TableConnectionString,
@@ -77,7 +83,7 @@ public sealed class ModelVaultServiceTests : IClassFixture<AzuriteFixture>, IDis
             ["ModelVault:DevelopmentAuthority:Enabled"] = "true",
             ["ModelVault:DevelopmentAuthority:Issuer"] = CleanRoomWorld.Issuer,
             ["ModelVault:AllowLocalPaths"] = "false",
-        };
+        });
         if (keyPath is not null)
         {
             settings["ModelVault:PartyKeyPath"] = keyPath;
@@ -91,7 +97,7 @@ public sealed class ModelVaultServiceTests : IClassFixture<AzuriteFixture>, IDis
             }
             : null);
         hosts.Add(host);
-        return new V1.ModelVault.ModelVaultClient(host.CreateChannel());
+        return caller.Client(host);
     }
 
     internal static async Task<(List<V1.PullModelProgress> Messages, RpcException? Error)> PullAsync(V1.ModelVault.ModelVaultClient vault, V1.PullModelRequest request)
@@ -385,8 +391,18 @@ public sealed class ModelVaultServiceTests : IClassFixture<AzuriteFixture>, IDis
 public sealed class ModelVaultSettingsTests : IDisposable
 {
     private readonly string scratch = Directory.CreateTempSubdirectory("mriseg-modelvault-settings-").FullName;
+    private readonly TestVaultCaller caller;
 
-    public void Dispose() => Directory.Delete(scratch, recursive: true);
+    public ModelVaultSettingsTests()
+    {
+        caller = new TestVaultCaller();
+    }
+
+    public void Dispose()
+    {
+        caller.Dispose();
+        Directory.Delete(scratch, recursive: true);
+    }
 
     private static CancellationToken Ct => TestContext.Current.CancellationToken;
 
@@ -394,13 +410,13 @@ public sealed class ModelVaultSettingsTests : IDisposable
     public async Task A_pull_needs_an_acceptable_measurement_and_the_consumers_key_and_each_refusal_says_which()
     {
         var measurement = Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(32));
-        using var open = new ServiceHost<ModelVaultService>(new Dictionary<string, string>
+        using var open = new ServiceHost<ModelVaultService>(caller.With(new Dictionary<string, string>
         {
             ["ModelVault:ModelsDirectory"] = scratch,
             ["ModelVault:KeysDirectory"] = scratch,
             ["ModelVault:DevelopmentAuthority:Enabled"] = "true",
-        });
-        var vault = new V1.ModelVault.ModelVaultClient(open.CreateChannel());
+        }));
+        var vault = caller.Client(open);
 
         // No measurement named and none configured.
         var (messages, noMeasurement) = await ModelVaultServiceTests.PullAsync(vault, new V1.PullModelRequest { RunId = "run-1" });
@@ -409,7 +425,7 @@ public sealed class ModelVaultSettingsTests : IDisposable
         Assert.Contains("ModelVault:AllowedMeasurements", noMeasurement.Status.Detail, StringComparison.Ordinal);
         Assert.Equal(V1.JobState.Failed, messages[^1].Progress.State);
 
-        // A measurement, but no tdc.key in the key folder: the service runs and says so.
+        // A measurement, but no tdc.key in the key folder (a listed caller is calling): the service runs and says so.
         var (_, noKey) = await ModelVaultServiceTests.PullAsync(vault, new V1.PullModelRequest { RunId = "run-1", ExpectedCodeMeasurement = measurement });
         Assert.Equal(StatusCode.FailedPrecondition, noKey?.StatusCode);
         Assert.Contains("tdc.key", noKey!.Status.Detail, StringComparison.Ordinal);
@@ -419,27 +435,84 @@ public sealed class ModelVaultSettingsTests : IDisposable
         Assert.Equal(StatusCode.InvalidArgument, (await ModelVaultServiceTests.PullAsync(vault, new V1.PullModelRequest { RunId = "run-1", ExpectedCodeMeasurement = "xyz" })).Error?.StatusCode);
 
         // With an allow-list, a request may narrow it but not name another measurement.
-        using var listed = new ServiceHost<ModelVaultService>(new Dictionary<string, string>
+        using var listed = new ServiceHost<ModelVaultService>(caller.With(new Dictionary<string, string>
         {
             ["ModelVault:ModelsDirectory"] = scratch,
             ["ModelVault:AllowedMeasurements:0"] = measurement,
             ["ModelVault:DevelopmentAuthority:Enabled"] = "true",
-        });
+        }));
         var other = Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(32));
-        var (_, widened) = await ModelVaultServiceTests.PullAsync(new V1.ModelVault.ModelVaultClient(listed.CreateChannel()),
+        var (_, widened) = await ModelVaultServiceTests.PullAsync(caller.Client(listed),
             new V1.PullModelRequest { RunId = "run-1", ExpectedCodeMeasurement = other });
         Assert.Equal(StatusCode.InvalidArgument, widened?.StatusCode);
         Assert.Contains("not in ModelVault:AllowedMeasurements", widened!.Status.Detail, StringComparison.Ordinal);
 
         // No trusted authority at all (outside Development, none configured): nothing can be verified.
-        using var untrusting = new ServiceHost<ModelVaultService>(new Dictionary<string, string>
+        using var untrusting = new ServiceHost<ModelVaultService>(caller.With(new Dictionary<string, string>
         {
             ["ModelVault:ModelsDirectory"] = scratch,
-        });
-        var (_, noAuthority) = await ModelVaultServiceTests.PullAsync(new V1.ModelVault.ModelVaultClient(untrusting.CreateChannel()),
+        }));
+        var (_, noAuthority) = await ModelVaultServiceTests.PullAsync(caller.Client(untrusting),
             new V1.PullModelRequest { RunId = "run-1", ExpectedCodeMeasurement = measurement });
         Assert.Equal(StatusCode.FailedPrecondition, noAuthority?.StatusCode);
         Assert.Contains("ModelVault:Attestation:Authorities", noAuthority!.Status.Detail, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Every_call_needs_a_fresh_token_of_the_consumer_or_a_listed_caller_and_anything_else_is_unauthenticated()
+    {
+        // The consumer's own key in the vault's key folder, and one listed caller with a key of its own.
+        using var consumerKey = SigningKey.Generate();
+        consumerKey.Save(Path.Combine(scratch, "tdc.key"));
+        using var vault = new ServiceHost<ModelVaultService>(caller.With(new Dictionary<string, string>
+        {
+            ["ModelVault:ModelsDirectory"] = scratch,
+            ["ModelVault:KeysDirectory"] = scratch,
+        }));
+        using var channel = vault.CreateChannel();
+
+        // GetModel with an empty id is refused as INVALID_ARGUMENT once the caller is authenticated (no storage needed).
+        async Task<StatusCode> GetModelAs(string? authorization)
+        {
+            var headers = new Metadata();
+            if (authorization is not null)
+            {
+                headers.Add(PartyTokens.AuthorizationHeader, authorization);
+            }
+
+            var e = await Assert.ThrowsAsync<RpcException>(() => new V1.ModelVault.ModelVaultClient(channel).GetModelAsync(new(), headers, cancellationToken: Ct).ResponseAsync);
+            if (e.StatusCode == StatusCode.Unauthenticated)
+            {
+                Assert.StartsWith("ModelVault: ", e.Status.Detail, StringComparison.Ordinal);
+            }
+
+            return e.StatusCode;
+        }
+
+        string Bearer(SigningKey key, string party, string audience = PartyTokens.ModelVaultAudience, TimeSpan? lifetime = null, DateTimeOffset? now = null) =>
+            PartyTokens.Bearer(PartyTokens.Mint(key, party, audience, lifetime, now));
+
+        Assert.Equal(StatusCode.InvalidArgument, await GetModelAs(Bearer(consumerKey, "tdc")));
+        Assert.Equal(StatusCode.InvalidArgument, await GetModelAs(Bearer(caller.Key, TestVaultCaller.Party)));
+        Assert.Equal(StatusCode.InvalidArgument, (await Assert.ThrowsAsync<RpcException>(() => caller.Client(vault).GetModelAsync(new(), cancellationToken: Ct).ResponseAsync)).StatusCode);
+
+        using var stranger = SigningKey.Generate();
+        Assert.Equal(StatusCode.Unauthenticated, await GetModelAs(null));                                     // no credentials
+        Assert.Equal(StatusCode.Unauthenticated, await GetModelAs("Bearer not-a-jwt"));                        // malformed
+        Assert.Equal(StatusCode.Unauthenticated, await GetModelAs(Bearer(stranger, "tdc")));                   // forged: the consumer's name, another key
+        Assert.Equal(StatusCode.Unauthenticated, await GetModelAs(Bearer(caller.Key, "tdc")));                 // a caller posing as the consumer
+        Assert.Equal(StatusCode.Unauthenticated, await GetModelAs(Bearer(stranger, "hospital-a")));            // a party the vault does not list
+        Assert.Equal(StatusCode.Unauthenticated, await GetModelAs(Bearer(consumerKey, "tdc", PartyTokens.DefaultAudience))); // a KeyBroker token
+        Assert.Equal(StatusCode.Unauthenticated, await GetModelAs(Bearer(consumerKey, "tdc", now: DateTimeOffset.UtcNow.AddMinutes(-10)))); // expired
+        var once = Bearer(consumerKey, "tdc");
+        Assert.Equal(StatusCode.InvalidArgument, await GetModelAs(once));
+        Assert.Equal(StatusCode.Unauthenticated, await GetModelAs(once));                                      // replayed
+
+        // The streaming call is guarded too, and a removed key file stops its holder at once.
+        using var pull = new V1.ModelVault.ModelVaultClient(channel).PullModel(new V1.PullModelRequest { RunId = "run-1" }, cancellationToken: Ct);
+        Assert.Equal(StatusCode.Unauthenticated, (await Assert.ThrowsAsync<RpcException>(() => pull.ResponseStream.MoveNext(Ct))).StatusCode);
+        File.Delete(Path.Combine(scratch, "tdc.key"));
+        Assert.Equal(StatusCode.Unauthenticated, await GetModelAs(Bearer(consumerKey, "tdc")));
     }
 
     [Fact]
@@ -469,6 +542,13 @@ public sealed class ModelVaultSettingsTests : IDisposable
 
         Assert.Throws<InvalidOperationException>(() => From(Environments.Production, new() { ["ModelVault:AllowedMeasurements:0"] = "not-hex" }));
         Assert.Throws<InvalidOperationException>(() => From(Environments.Production, new() { ["ModelVault:Consumer"] = "Not A Party" }));
+
+        // Listed callers: a party id and a public key each; the consumer itself is always one and cannot be listed again.
+        var listed = From(Environments.Production, new() { ["ModelVault:Callers:0:Party"] = "ml-engineer", ["ModelVault:Callers:0:PublicKeyPath"] = "/etc/mriseg/ml.pub" });
+        Assert.Equal([new VaultCaller("ml-engineer", "/etc/mriseg/ml.pub")], listed.Callers);
+        Assert.Throws<InvalidOperationException>(() => From(Environments.Production, new() { ["ModelVault:Callers:0:Party"] = "tdc", ["ModelVault:Callers:0:PublicKeyPath"] = "/k.pub" }));
+        Assert.Throws<InvalidOperationException>(() => From(Environments.Production, new() { ["ModelVault:Callers:0:Party"] = "ml-engineer" }));
+        Assert.Throws<InvalidOperationException>(() => From(Environments.Production, new() { ["ModelVault:Callers:0:Party"] = "Not A Party", ["ModelVault:Callers:0:PublicKeyPath"] = "/k.pub" }));
     }
 
     private sealed class TestEnvironment(string name, string root) : IHostEnvironment

@@ -17,8 +17,9 @@ public sealed class ServiceHostingTests
     public async Task The_last_pending_service_is_built_its_rpcs_refuse_an_empty_request_with_a_reason_not_unimplemented()
     {
         // The ModelVault was the last [PendingCapability] service: its RPCs now check their requests (before any storage).
-        using var modelVault = new ServiceHost<MriSeg.ModelVault.ModelVaultService>();
-        var client = new V1.ModelVault.ModelVaultClient(modelVault.CreateChannel());
+        using var caller = new TestVaultCaller();
+        using var modelVault = new ServiceHost<MriSeg.ModelVault.ModelVaultService>(caller.With([]));
+        var client = caller.Client(modelVault);
         foreach (var call in new Func<Task>[]
         {
             () => client.SegmentAsync(new(), cancellationToken: Ct).ResponseAsync,

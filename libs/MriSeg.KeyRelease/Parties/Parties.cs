@@ -74,8 +74,15 @@ public sealed record PartyPrincipal(string PartyId, PartyRole Role, string KeyTh
 /// <param name="ETag">The version read (for a conditional rotation).</param>
 public sealed record RegisteredParty(string PartyId, PartyRole Role, string PublicKeyPem, string Thumbprint, DateTimeOffset RegisteredAt, string? ETag = null);
 
+/// <summary>Where a token's subject is looked up: the party's role and public key, or null for a party not known here.</summary>
+public interface IPartyDirectory
+{
+    /// <summary>The registration of <paramref name="partyId"/>, or null.</summary>
+    Task<RegisteredParty?> FindAsync(string partyId, CancellationToken cancellationToken);
+}
+
 /// <summary>The registered parties, table <see cref="KeyBrokerTables.Parties"/> (partition "party", row = party id).</summary>
-public sealed class PartyRegistry(IRecordStore store)
+public sealed class PartyRegistry(IRecordStore store) : IPartyDirectory
 {
     private const string Partition = "party";
     private static readonly JsonSerializerOptions Options = StoreJson.Options;

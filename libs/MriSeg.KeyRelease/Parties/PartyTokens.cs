@@ -19,6 +19,9 @@ public static class PartyTokens
     /// <summary>The audience of party and development attestation tokens unless configured otherwise.</summary>
     public const string DefaultAudience = "mriseg-keybroker";
 
+    /// <summary>The audience of the tokens that authenticate calls to a consumer's ModelVault.</summary>
+    public const string ModelVaultAudience = "mriseg-modelvault";
+
     /// <summary>The gRPC metadata / HTTP header carrying "Bearer &lt;token&gt;".</summary>
     public const string AuthorizationHeader = "authorization";
 
@@ -84,18 +87,16 @@ public sealed class PartyTokenOptions
 }
 
 /// <summary>
-/// Authenticates callers: the bearer token's subject must be a registered party and the token must verify under
-/// that party's registered key (ES256), name the broker's audience, be within its lifetime (with the skew), live at
-/// most <see cref="PartyTokenOptions.MaxLifetime"/>, and not reuse a jti seen before.
+/// Authenticates callers: the bearer token's subject must be a party the directory knows (the KeyBroker's registry, or a
+/// service's list of allowed callers) and the token must verify under that party's key (ES256), name the expected
+/// audience, be within its lifetime (with the skew), live at most <see cref="PartyTokenOptions.MaxLifetime"/>, and not
+/// reuse a jti seen before.
 /// </summary>
-public sealed class PartyTokenValidator(PartyRegistry registry, PartyTokenOptions options, TimeProvider time)
+public sealed class PartyTokenValidator(IPartyDirectory registry, PartyTokenOptions options, TimeProvider time)
 {
     private readonly JsonWebTokenHandler _handler = new() { MaximumTokenSizeInBytes = 8 * 1024 };
     private readonly ConcurrentDictionary<string, ECDsaSecurityKey> _keys = new(StringComparer.Ordinal);
     private readonly ReplayCache _replays = new(time);
-
-    /// <summary>The registry the validator reads.</summary>
-    public PartyRegistry Registry => registry;
 
     /// <summary>The authenticated caller of an "authorization" header value; <see cref="KeyBrokerError.Unauthenticated"/> otherwise.</summary>
     public async Task<PartyPrincipal> AuthenticateAsync(string? authorization, CancellationToken cancellationToken)

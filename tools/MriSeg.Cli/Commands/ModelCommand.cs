@@ -7,6 +7,9 @@ using MriSeg.Cli.Endpoints;
 using MriSeg.Cli.Infrastructure;
 using MriSeg.Contracts;
 using MriSeg.KeyRelease;
+using MriSeg.KeyRelease.Client;
+using MriSeg.KeyRelease.Parties;
+using MriSeg.Sealing;
 using Spectre.Console;
 using V1 = MriSeg.Contracts.V1;
 
@@ -36,6 +39,7 @@ internal static class ModelCommand
             HelpName = "HEX",
         };
         var command = new Command("pull", "Pull, verify, decrypt and register a run's model at the ModelVault; shows progress and prints the record.") { run, expect };
+        var caller = VaultCallerOptions.AddTo(command);
         app.SetAction(command, async (context, ct) =>
         {
             var runId = context.GetValue(run)!;
@@ -50,7 +54,7 @@ internal static class ModelCommand
                 throw new CliException($"--expect-measurement '{measurement}': not a code measurement (16 to 256 hex digits)");
             }
 
-            using var vault = ModelVaultConnection.Open(context);
+            using var vault = ModelVaultConnection.Open(context, caller);
             var record = await vault.CallAsync($"pulling run {runId}", async () =>
             {
                 using var call = vault.Client.PullModel(new V1.PullModelRequest { RunId = runId, ExpectedCodeMeasurement = measurement ?? "" }, cancellationToken: ct);
@@ -76,9 +80,10 @@ internal static class ModelCommand
     private static Command List(CliApp app)
     {
         var command = new Command("list", "The models registered at the ModelVault, newest first.");
+        var caller = VaultCallerOptions.AddTo(command);
         app.SetAction(command, async (context, ct) =>
         {
-            using var vault = ModelVaultConnection.Open(context);
+            using var vault = ModelVaultConnection.Open(context, caller);
             var response = await vault.CallAsync("listing models", () => vault.Client.ListModelsAsync(new V1.ListModelsRequest(), cancellationToken: ct).ResponseAsync);
             var views = new ModelList([.. response.Models.Select(ModelView.Of)]);
             context.Output.WriteResult(views, (console, list) =>
@@ -115,6 +120,7 @@ internal static class ModelCommand
     {
         var id = new Argument<string>("id") { Description = "The model's id (mriseg model list shows them)." };
         var command = new Command("show", "One registered model's record: provenance, privacy spent, datasets, metrics.") { id };
+        var caller = VaultCallerOptions.AddTo(command);
         app.SetAction(command, async (context, ct) =>
         {
             var modelId = context.GetValue(id)!;
@@ -123,7 +129,7 @@ internal static class ModelCommand
                 throw new CliException($"'{modelId}': not a model id ({Ids.NameRule})");
             }
 
-            using var vault = ModelVaultConnection.Open(context);
+            using var vault = ModelVaultConnection.Open(context, caller);
             var record = await vault.CallAsync($"model {modelId}", () => vault.Client.GetModelAsync(new V1.GetModelRequest { ModelId = modelId }, cancellationToken: ct).ResponseAsync);
             context.Output.WriteResult(ModelView.Of(record), Render);
             return ExitCodes.Success;
@@ -194,23 +200,38 @@ internal sealed class ModelVaultConnection : IDisposable
     public const int MaxMessageBytes = 64 * 1024 * 1024;
 
     private readonly GrpcChannel _channel;
+    private readonly SigningKey _key;
 
-    private ModelVaultConnection(GrpcChannel channel, ResolvedEndpoint endpoint)
+    private ModelVaultConnection(GrpcChannel channel, ResolvedEndpoint endpoint, SigningKey key, string party)
     {
         _channel = channel;
+        _key = key;
         Endpoint = endpoint;
-        Client = new V1.ModelVault.ModelVaultClient(channel);
+        Client = new V1.ModelVault.ModelVaultClient(channel.WithPartyTokens(key, party, PartyTokens.ModelVaultAudience));
     }
 
     public V1.ModelVault.ModelVaultClient Client { get; }
 
     public ResolvedEndpoint Endpoint { get; }
 
-    public static ModelVaultConnection Open(CommandContext context)
+    /// <summary>A connection whose calls are signed by the caller's party key (the vault authenticates every call).</summary>
+    public static ModelVaultConnection Open(CommandContext context, VaultCallerOptions caller)
     {
+        var (party, keyPath) = caller.Resolve(context);
+        SigningKey key;
+        try
+        {
+            key = SigningKey.Load(keyPath);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or SealedPackageException)
+        {
+            throw new CliException($"--party-key {keyPath}: {(e is FileNotFoundException or DirectoryNotFoundException ? "no such file" : e.Message)} "
+                + $"(the ModelVault accepts calls signed by the consumer's party key, or by a key listed in its ModelVault:Callers)", e);
+        }
+
         var endpoint = context.ResolveEndpoints().Get(ServiceCatalog.ModelVault);
         var channel = GrpcChannel.ForAddress(endpoint.Address, new GrpcChannelOptions { MaxReceiveMessageSize = MaxMessageBytes, MaxSendMessageSize = MaxMessageBytes });
-        return new ModelVaultConnection(channel, endpoint);
+        return new ModelVaultConnection(channel, endpoint, key, party);
     }
 
     public async Task<T> CallAsync<T>(string what, Func<Task<T>> call)
@@ -229,7 +250,11 @@ internal sealed class ModelVaultConnection : IDisposable
         }
     }
 
-    public void Dispose() => _channel.Dispose();
+    public void Dispose()
+    {
+        _channel.Dispose();
+        _key.Dispose();
+    }
 
     private string Hint(RpcException e) => e.StatusCode switch
     {
@@ -237,7 +262,45 @@ internal sealed class ModelVaultConnection : IDisposable
         StatusCode.Unavailable or StatusCode.DeadlineExceeded when e.Status.DebugException is not null =>
             $" (modelvault at {GrpcAddress.Display(Endpoint.Address)}, from the {ServicesCommand.Text(Endpoint.Source)}: is the AppHost running? dotnet run --project MriSeg.AppHost)",
         StatusCode.NotFound when e.Status.Detail.Contains("no model", StringComparison.Ordinal) => " (mriseg model list shows the registered models)",
+        StatusCode.Unauthenticated => " (--party and --party-key name who calls: the vault's consumer with its party key, or a caller listed in ModelVault:Callers)",
         StatusCode.InvalidArgument when e.Status.Detail.Contains("expected_code_measurement", StringComparison.Ordinal) => " (pass --expect-measurement HEX: the Trainer's code measurement)",
         _ => "",
     };
+}
+
+/// <summary>
+/// Who calls the ModelVault: <c>--party</c> (default the consumer <c>tdc</c>, or <c>$MRISEG_PARTY</c>) and <c>--party-key</c>
+/// (default <c>$MRISEG_PARTY_KEY</c>, else <c>.mriseg/keys/&lt;party&gt;.key</c> of the repository around the current folder,
+/// where the services keep the consumer's key in development).
+/// </summary>
+internal sealed record VaultCallerOptions(Option<string?> Party, Option<string?> KeyPath)
+{
+    public const string DefaultParty = "tdc";
+
+    public static VaultCallerOptions AddTo(Command command)
+    {
+        var party = new Option<string?>("--party") { Description = $"The party the calls are made as (default ${{MRISEG_PARTY}}, else {DefaultParty}).", HelpName = "ID" };
+        var key = new Option<string?>("--party-key")
+        {
+            Description = "Its signing key, PKCS#8 PEM (default $MRISEG_PARTY_KEY, else .mriseg/keys/<party>.key of this repository).",
+            HelpName = "FILE",
+        };
+        command.Options.Add(party);
+        command.Options.Add(key);
+        return new VaultCallerOptions(party, key);
+    }
+
+    public (string Party, string KeyPath) Resolve(CommandContext context)
+    {
+        var party = context.GetValue(Party) ?? (context.Environment.GetEnvironmentVariable("MRISEG_PARTY") is { Length: > 0 } p ? p : DefaultParty);
+        if (!Ids.IsPartyId(party))
+        {
+            throw new CliException($"--party '{party}': not a party id ({Ids.PartyIdRule})");
+        }
+
+        var key = context.GetValue(KeyPath)
+            ?? (context.Environment.GetEnvironmentVariable("MRISEG_PARTY_KEY") is { Length: > 0 } k ? k : null)
+            ?? Path.Combine(DevelopmentFolders.Resolve(System.Environment.CurrentDirectory, "keys"), party + ".key");
+        return (party, Path.GetFullPath(key));
+    }
 }

@@ -40,11 +40,16 @@ internal static class ScenarioCommand
         var consumer = new Option<string>("--consumer") { Description = "The model consumer's party id (the ModelVault's ModelVault:Consumer).", DefaultValueFactory = _ => defaults.Consumer, HelpName = "ID" };
         var runId = new Option<string?>("--run-id") { Description = "The run id (default: scenario-<time>-<random>).", HelpName = "ID" };
         var keep = new Option<bool>("--keep-plaintext") { Description = "Keep the plaintext staging blobs (generated volumes, shards) after sealing." };
+        var partyKey = new Option<string?>("--party-key")
+        {
+            Description = "The consumer's party key that signs the calls to the ModelVault (default: .mriseg/keys/<consumer>.key of this repository, which Packaging makes in development).",
+            HelpName = "FILE",
+        };
         var storage = new Option<string?>("--storage") { Description = $"Blob storage connection string (default: ${BlobConnectionVariable}, else the AppHost's endpoints file).", HelpName = "CONNECTION" };
 
         var run = new Command("run", "Play three hospitals and a model consumer through all six phases against the running services.")
         {
-            hospitals, patients, size, depth, epsilon, delta, epochs, pipeline, data, sliceSize, segment, output, consumer, runId, keep, storage,
+            hospitals, patients, size, depth, epsilon, delta, epochs, pipeline, data, sliceSize, segment, output, consumer, runId, keep, storage, partyKey,
         };
         app.SetAction(run, async (context, ct) =>
         {
@@ -66,6 +71,7 @@ internal static class ScenarioCommand
                 Consumer = context.GetValue(consumer)!,
                 RunId = context.GetValue(runId),
                 KeepPlaintext = context.GetValue(keep),
+                ConsumerKeyPath = context.GetValue(partyKey) is { } keyPath ? Path.GetFullPath(keyPath) : null,
             };
             try
             {

@@ -52,6 +52,7 @@ internal static class SegmentCommand
         {
             model, input, output, overlay, threshold,
         };
+        var caller = VaultCallerOptions.AddTo(command);
         app.SetAction(command, async (context, ct) =>
         {
             var t = context.GetValue(threshold);
@@ -88,7 +89,7 @@ internal static class SegmentCommand
             }
             else if (Ids.IsName(modelText))
             {
-                view = await RemoteAsync(context, modelText, inputText, maskPath, overlayPath, t, ct);
+                view = await RemoteAsync(context, caller, modelText, inputText, maskPath, overlayPath, t, ct);
             }
             else
             {
@@ -156,9 +157,9 @@ internal static class SegmentCommand
         }
     }
 
-    private static async Task<SegmentView> RemoteAsync(CommandContext context, string modelId, string input, string maskPath, string? overlayPath, double threshold, CancellationToken ct)
+    private static async Task<SegmentView> RemoteAsync(CommandContext context, VaultCallerOptions caller, string modelId, string input, string maskPath, string? overlayPath, double threshold, CancellationToken ct)
     {
-        using var vault = ModelVaultConnection.Open(context);
+        using var vault = ModelVaultConnection.Open(context, caller);
         var record = await vault.CallAsync($"model {modelId}", () => vault.Client.GetModelAsync(new V1.GetModelRequest { ModelId = modelId }, cancellationToken: ct).ResponseAsync);
         if (record.Modalities.Count == 0 && !input.Contains(',', StringComparison.Ordinal) && !File.Exists(input))
         {

@@ -10,6 +10,9 @@ internal sealed class CommandContext
     private readonly HashSet<string> warned = [];
     private readonly HashSet<string> noted = [];
 
+    /// <summary>The process's environment as the app sees it (tests substitute it).</summary>
+    public CliEnvironment Environment => app.Environment;
+
     public CommandContext(ParseResult parseResult, CliApp app)
     {
         this.app = app;

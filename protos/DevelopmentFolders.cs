@@ -1,6 +1,6 @@
-namespace MriSeg.ServiceDefaults;
+namespace MriSeg.Contracts;
 
-/// <summary>Where services keep development-only state (keys, secrets) when no folder is configured.</summary>
+/// <summary>Where services (and the CLI, which finds their keys there) keep development-only state (keys, secrets) when no folder is configured.</summary>
 public static class DevelopmentFolders
 {
     /// <summary>
