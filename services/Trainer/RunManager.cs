@@ -53,7 +53,7 @@ public sealed class CleanRoomRunFactory(CleanRoomIdentity identity, BlobServiceC
 /// runs the way a kill would (nothing settled, records left running, checkpoints kept) so that the next start resumes
 /// them; only CancelRun ends a run CANCELLED.
 /// </remarks>
-public sealed class RunManager(RunStore store, ICleanRoomRunFactory factory, ILogger<RunManager> logger) : IHostedService, IDisposable
+public sealed class RunManager(RunStore store, ICleanRoomRunFactory factory, TrainerSettings settings, ILogger<RunManager> logger) : IHostedService, IDisposable
 {
     public static readonly Meter Meter = new("MriSeg.Trainer");
     private static readonly Histogram<double> Loss = Meter.CreateHistogram<double>("mriseg.trainer.loss", description: "Mean training loss of an epoch");
@@ -63,7 +63,11 @@ public sealed class RunManager(RunStore store, ICleanRoomRunFactory factory, ILo
 
     private readonly ConcurrentDictionary<string, LiveRun> _live = new(StringComparer.Ordinal);
     private readonly CancellationTokenSource _stopping = new();
+    private readonly TimeSpan _lease = TimeSpan.FromSeconds(Math.Max(3, settings.RunLeaseSeconds));
     private Task? _resuming;
+
+    /// <summary>This Trainer's name on the runs it leases (one per process).</summary>
+    public string LeaseHolder { get; } = $"{Environment.MachineName}/{Environment.ProcessId}/{Guid.NewGuid():N}";
 
     /// <summary>Starts a run, or returns the one with the same id.</summary>
     public async Task<RunInfo> StartAsync(StartRunRequest request, CancellationToken ct)
@@ -87,7 +91,8 @@ public sealed class RunManager(RunStore store, ICleanRoomRunFactory factory, ILo
             return _live[request.RunId].Snapshot();
         }
 
-        if (!await store.TryAddAsync(request, info, ct).ConfigureAwait(false))
+        if (!await store.TryAddAsync(request, info, ct).ConfigureAwait(false)
+            || !await store.TryAcquireLeaseAsync(request.RunId, LeaseHolder, _lease, ct).ConfigureAwait(false))
         {
             _live.TryRemove(request.RunId, out _);
             return (await store.GetAsync(request.RunId, ct).ConfigureAwait(false))!.Value.Info;
@@ -98,8 +103,8 @@ public sealed class RunManager(RunStore store, ICleanRoomRunFactory factory, ILo
     }
 
     /// <summary>
-    /// Resumes every run whose record is queued or running and that is not live here (after a kill or a shutdown);
-    /// returns how many it started.
+    /// Resumes every run whose record is queued or running, that is not live here and whose lease this Trainer can take
+    /// (after a kill or a shutdown; a run another live Trainer executes is left to it); returns how many it started.
     /// </summary>
     public async Task<int> ResumeUnfinishedAsync(CancellationToken ct)
     {
@@ -110,6 +115,13 @@ public sealed class RunManager(RunStore store, ICleanRoomRunFactory factory, ILo
             var live = new LiveRun(request, info);
             if (!_live.TryAdd(request.RunId, live))
             {
+                continue;
+            }
+
+            if (!await store.TryAcquireLeaseAsync(request.RunId, LeaseHolder, _lease, ct).ConfigureAwait(false))
+            {
+                _live.TryRemove(request.RunId, out _);
+                logger.LogInformation("Run {RunId} is unfinished but another Trainer holds it; it is resumed here only if that one stops renewing its lease", request.RunId);
                 continue;
             }
 
@@ -132,6 +144,7 @@ public sealed class RunManager(RunStore store, ICleanRoomRunFactory factory, ILo
                 try
                 {
                     await ResumeUnfinishedAsync(_stopping.Token).ConfigureAwait(false);
+                    await WatchForAbandonedRunsAsync(_stopping.Token).ConfigureAwait(false);
                     return;
                 }
                 catch (Azure.RequestFailedException e) when (attempt < 12)
@@ -159,6 +172,73 @@ public sealed class RunManager(RunStore store, ICleanRoomRunFactory factory, ILo
             }
         }, CancellationToken.None);
         return Task.CompletedTask;
+    }
+
+    /// <summary>
+    /// Every lease period, resumes the unfinished runs whose Trainer stopped renewing their lease (killed, or cut off from
+    /// storage), until this Trainer stops.
+    /// </summary>
+    private async Task WatchForAbandonedRunsAsync(CancellationToken ct)
+    {
+        while (!ct.IsCancellationRequested)
+        {
+            try
+            {
+                await Task.Delay(_lease, ct).ConfigureAwait(false);
+                await ResumeUnfinishedAsync(ct).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException)
+            {
+                return;
+            }
+            catch (Exception e) when (e is Azure.RequestFailedException or HttpRequestException)
+            {
+                logger.LogWarning("Looking for abandoned runs failed ({Reason}); trying again in {Seconds} s", e.Message, _lease.TotalSeconds);
+            }
+        }
+    }
+
+    /// <summary>
+    /// Renews the run's lease every third of its length until <paramref name="done"/>. When it is lost (another Trainer took
+    /// it after it expired) or cannot be renewed before it expires, the run is interrupted as a kill would: the Trainer
+    /// that holds the lease resumes it.
+    /// </summary>
+    private async Task KeepLeaseAsync(LiveRun live, CancellationToken done)
+    {
+        var runId = live.Request.RunId;
+        var renewed = DateTimeOffset.UtcNow;
+        while (!done.IsCancellationRequested)
+        {
+            try
+            {
+                await Task.Delay(_lease / 3, done).ConfigureAwait(false);
+                if (await store.RenewLeaseAsync(runId, LeaseHolder, _lease, done).ConfigureAwait(false))
+                {
+                    renewed = DateTimeOffset.UtcNow;
+                    continue;
+                }
+
+                logger.LogError("Run {RunId}: its lease was taken by another Trainer; stopping here", runId);
+            }
+            catch (OperationCanceledException)
+            {
+                return;
+            }
+            catch (Exception e) when (e is Azure.RequestFailedException or HttpRequestException)
+            {
+                if (DateTimeOffset.UtcNow - renewed < _lease - (_lease / 3))
+                {
+                    logger.LogWarning("Run {RunId}: the lease could not be renewed ({Reason}); retrying", runId, e.Message);
+                    continue;
+                }
+
+                logger.LogError("Run {RunId}: the lease could not be renewed before it expires ({Reason}); stopping here", runId, e.Message);
+            }
+
+            live.LeaseLost = true;
+            await live.Interruption.CancelAsync().ConfigureAwait(false);
+            return;
+        }
     }
 
     /// <summary>Interrupts the live runs (they resume on the next start) and waits for them to stop, at most until <paramref name="cancellationToken"/>.</summary>
@@ -223,6 +303,32 @@ public sealed class RunManager(RunStore store, ICleanRoomRunFactory factory, ILo
     }
 
     private async Task ExecuteAsync(LiveRun live, bool resume, long recordedSteps)
+    {
+        using var ended = new CancellationTokenSource();
+        var keeper = KeepLeaseAsync(live, ended.Token);
+        try
+        {
+            await RunAsync(live, resume, recordedSteps).ConfigureAwait(false);
+        }
+        finally
+        {
+            await ended.CancelAsync().ConfigureAwait(false);
+            await keeper.ConfigureAwait(false);
+            if (!live.LeaseLost)
+            {
+                try
+                {
+                    await store.ReleaseLeaseAsync(live.Request.RunId, LeaseHolder, CancellationToken.None).ConfigureAwait(false);
+                }
+                catch (Exception e) when (e is Azure.RequestFailedException or HttpRequestException)
+                {
+                    logger.LogWarning("Run {RunId}: the lease could not be released ({Reason}); it expires in {Seconds} s", live.Request.RunId, e.Message, _lease.TotalSeconds);
+                }
+            }
+        }
+    }
+
+    private async Task RunAsync(LiveRun live, bool resume, long recordedSteps)
     {
         var r = live.Request;
         var phase = RunPhase.Unspecified;
@@ -300,9 +406,14 @@ public sealed class RunManager(RunStore store, ICleanRoomRunFactory factory, ILo
         }
         catch (Exception e) when (e is CleanRoomRunException { Failure: RunFailure.Interrupted } || (e is OperationCanceledException && live.Interruption.IsCancellationRequested))
         {
-            // Not finished: the record stays running, and the next Trainer resumes the run.
+            // Not finished: the record stays running, and the next Trainer resumes the run. One that lost its lease leaves
+            // the record to the Trainer that took it.
             logger.LogWarning("Run {RunId} interrupted: {Reason}", r.RunId, e.Message);
-            await PersistAsync(live).ConfigureAwait(false);
+            if (!live.LeaseLost)
+            {
+                await PersistAsync(live).ConfigureAwait(false);
+            }
+
             _live.TryRemove(r.RunId, out _);
             return;
         }
@@ -368,6 +479,9 @@ public sealed class RunManager(RunStore store, ICleanRoomRunFactory factory, ILo
 
         /// <summary>Stops the run as a kill would (the host shutting down).</summary>
         public CancellationTokenSource Interruption { get; } = new();
+
+        /// <summary>Another Trainer took the run's lease: this one stops without writing the run's record again.</summary>
+        public volatile bool LeaseLost;
 
         public SemaphoreSlim PersistGate { get; } = new(1, 1);
 

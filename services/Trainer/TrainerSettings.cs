@@ -29,6 +29,12 @@ public sealed class TrainerSettings
     /// <summary><c>Trainer:MeasuredDirectory</c>: the folder whose software measurement the attestation states (default: the app's folder).</summary>
     public string MeasuredDirectory { get; init; } = AppContext.BaseDirectory;
 
+    /// <summary>
+    /// <c>Trainer:RunLeaseSeconds</c>: how long a Trainer's claim on a run it executes lasts unless renewed (every third of it;
+    /// default 60 s). A killed Trainer's runs are resumed by another Trainer at most this long after it stopped renewing.
+    /// </summary>
+    public int RunLeaseSeconds { get; init; } = 60;
+
     public static TrainerSettings From(IConfiguration configuration) =>
         configuration.GetSection(Section).Get<TrainerSettings>() ?? new TrainerSettings();
 }

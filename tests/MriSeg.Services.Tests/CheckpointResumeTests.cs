@@ -222,7 +222,7 @@ public sealed class CheckpointResumeTests : IClassFixture<AzuriteFixture>, IDisp
     }
 
     [Fact]
-    public async Task A_trainer_shut_down_mid_run_resumes_the_run_when_it_starts_again()
+    public async Task A_trainer_shut_down_mid_run_resumes_the_run_when_it_starts_again_once_no_other_trainer_holds_its_lease()
     {
         var world = await env.NewWorldAsync(measurement, Ct, pipelineJson: CleanRoomWorld.PipelineWithEpochs(6));
         var runId = "svc-resume-" + world.Suffix;
@@ -260,9 +260,24 @@ public sealed class CheckpointResumeTests : IClassFixture<AzuriteFixture>, IDisp
         var left = (await store.GetAsync(runId, Ct))!.Value.Info;
         Assert.Equal(V1.JobState.Running, left.State);
         Assert.NotEmpty(await ListAsync(world.Consumer, RunCheckpoints.PrefixOf(runId)));
+        Assert.Null(await store.GetLeaseAsync(runId, Ct)); // a Trainer that stops releases its runs' leases
 
-        // A new Trainer over the same storage resumes it on its own and finishes it.
-        var (_, restarted) = Trainer(world);
+        // As if a killed Trainer still held the run (its lease not yet expired): a new Trainer leaves it alone at start...
+        Assert.True(await store.TryAcquireLeaseAsync(runId, "killed-trainer", TimeSpan.FromSeconds(4), Ct));
+        var (restartedHost, restarted) = Trainer(world);
+        var second = ((WebApplicationFactory<TrainerService>)restartedHost).Services.GetRequiredService<RunManager>();
+        Assert.Equal(0, await second.ResumeUnfinishedAsync(Ct));
+        Assert.Equal("killed-trainer", (await store.GetLeaseAsync(runId, Ct))?.Holder);
+
+        // ...and takes it over once that lease has expired, on its own; a third Trainer then finds it held and stays out.
+        for (var i = 0; i < 100 && (await store.GetLeaseAsync(runId, Ct))?.Holder != second.LeaseHolder; i++)
+        {
+            await Task.Delay(200, Ct);
+        }
+
+        Assert.Equal(second.LeaseHolder, (await store.GetLeaseAsync(runId, Ct))?.Holder);
+        var (thirdHost, _) = Trainer(world);
+        Assert.Equal(0, await ((WebApplicationFactory<TrainerService>)thirdHost).Services.GetRequiredService<RunManager>().ResumeUnfinishedAsync(Ct));
         var info = await restarted.GetRunAsync(new V1.GetRunRequest { RunId = runId }, cancellationToken: Ct);
         for (var i = 0; i < 600 && info.State is V1.JobState.Running or V1.JobState.Queued; i++)
         {
@@ -281,6 +296,48 @@ public sealed class CheckpointResumeTests : IClassFixture<AzuriteFixture>, IDisp
         }
 
         Assert.Empty(await ListAsync(world.Consumer, RunCheckpoints.PrefixOf(runId)));
+        Assert.Null(await store.GetLeaseAsync(runId, Ct));
+    }
+
+    [Fact]
+    public async Task A_run_lease_is_held_by_one_trainer_until_it_releases_it_or_lets_it_expire()
+    {
+        var clock = new ManualClock(DateTimeOffset.UtcNow);
+        var store = new RunStore(new TableServiceClient(azurite.TableConnectionString), clock);
+        var runId = "lease-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(4));
+        var minute = TimeSpan.FromMinutes(1);
+
+        Assert.False(await store.RenewLeaseAsync(runId, "a", minute, Ct)); // nothing to renew
+        Assert.True(await store.TryAcquireLeaseAsync(runId, "a", minute, Ct));
+        Assert.False(await store.TryAcquireLeaseAsync(runId, "b", minute, Ct));
+        Assert.False(await store.RenewLeaseAsync(runId, "b", minute, Ct));
+        await store.ReleaseLeaseAsync(runId, "b", Ct); // not b's: nothing happens
+        Assert.Equal("a", (await store.GetLeaseAsync(runId, Ct))?.Holder);
+
+        clock.Advance(TimeSpan.FromSeconds(50));
+        Assert.True(await store.RenewLeaseAsync(runId, "a", minute, Ct)); // now runs to 110 s
+        clock.Advance(TimeSpan.FromSeconds(50));
+        Assert.False(await store.TryAcquireLeaseAsync(runId, "b", minute, Ct));
+
+        // a stops renewing: once its lease has expired b takes the run, and a can no longer renew or release it.
+        clock.Advance(TimeSpan.FromSeconds(11));
+        Assert.True(await store.TryAcquireLeaseAsync(runId, "b", minute, Ct));
+        Assert.False(await store.RenewLeaseAsync(runId, "a", minute, Ct));
+        await store.ReleaseLeaseAsync(runId, "a", Ct);
+        Assert.Equal("b", (await store.GetLeaseAsync(runId, Ct))?.Holder);
+
+        await store.ReleaseLeaseAsync(runId, "b", Ct);
+        Assert.Null(await store.GetLeaseAsync(runId, Ct));
+        Assert.True(await store.TryAcquireLeaseAsync(runId, "a", minute, Ct));
+    }
+
+    private sealed class ManualClock(DateTimeOffset now) : TimeProvider
+    {
+        private DateTimeOffset _now = now;
+
+        public override DateTimeOffset GetUtcNow() => _now;
+
+        public void Advance(TimeSpan by) => _now += by;
     }
 
     /// <summary>The run's entry in each of the world's contract ledgers (exactly one each: the budget is charged once).</summary>
@@ -319,6 +376,7 @@ public sealed class CheckpointResumeTests : IClassFixture<AzuriteFixture>, IDisp
         {
             ["ConnectionStrings:blobs"] = azurite.BlobConnectionString,
             ["ConnectionStrings:tables"] = azurite.TableConnectionString,
+            ["Trainer:RunLeaseSeconds"] = "3", // a killed Trainer's runs are taken over within seconds
         });
         var factory = host.WithWebHostBuilder(b => b.ConfigureTestServices(s => s.AddSingleton<ICleanRoomRunFactory>(new WorldFactory(env, world))));
         hosts.Add(host);
