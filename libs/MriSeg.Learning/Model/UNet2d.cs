@@ -66,6 +66,31 @@ public sealed class UNet2d : nn.Module<Tensor, Tensor>
     /// <summary>The parameters in layout order (layer i: 2i weight, 2i+1 bias).</summary>
     public IReadOnlyList<Parameter> OrderedParameters() => [.. parameters()];
 
+    /// <summary>
+    /// Freezes every parameter that <paramref name="trainable"/> does not select (<see cref="UNetLayout.SelectTrainable"/>:
+    /// name prefixes, * as a wildcard; null: all trainable) by clearing its <c>requires_grad</c>: a frozen parameter gets
+    /// no gradient from backward, none from <see cref="PerSample.PerSampleGradients"/> (so it takes no part in the
+    /// per-patient norm and clipping), no DP noise, and no optimiser update.
+    /// </summary>
+    /// <returns>The number of trainable parameter elements.</returns>
+    /// <exception cref="ArgumentException">A pattern matches no parameter.</exception>
+    public long SetTrainable(IReadOnlyList<string>? trainable)
+    {
+        var mask = _layout.SelectTrainable(trainable);
+        var parameters = OrderedParameters();
+        long count = 0;
+        for (var i = 0; i < parameters.Count; i++)
+        {
+            parameters[i].requires_grad = mask[i];
+            count += mask[i] ? parameters[i].numel() : 0;
+        }
+
+        return count;
+    }
+
+    /// <summary>The parameters that require a gradient, in layout order.</summary>
+    public IReadOnlyList<Parameter> TrainableParameters() => [.. parameters().Where(p => p.requires_grad)];
+
     /// <summary>Dtype of the parameters.</summary>
     public ScalarType ParameterDType => parameters().First().dtype;
 
@@ -119,7 +144,9 @@ public sealed class UNet2d : nn.Module<Tensor, Tensor>
 
     /// <summary>
     /// The forward pass over explicit parameters. With <paramref name="folds"/> = G the input is
-    /// [n, G·in, H, W] (group-major channels) and every parameter is G copies stacked on dim 0.
+    /// [n, G·in, H, W] (group-major channels) and every parameter is G copies stacked on dim 0, except that a
+    /// layer may be given its single, unfolded weight and bias (a frozen layer, which needs no per-group
+    /// gradient): it then runs on the unfolded batch [n·G, in, H, W] with that one copy.
     /// </summary>
     internal Tensor Run(Tensor x, IReadOnlyList<Tensor> p, int folds)
     {
@@ -127,12 +154,35 @@ public sealed class UNet2d : nn.Module<Tensor, Tensor>
         var layout = _layout;
         long[] one = [1, 1];
 
-        Tensor Conv(Tensor t, int layer) =>
-            folds > 1 && SharedWeightConv.Pays(t, layout.Layers[layer].OutChannels)
-                ? SharedWeightConv.apply(t, p[2 * layer], p[(2 * layer) + 1], folds)
-                : F.conv2d(t, p[2 * layer], p[(2 * layer) + 1], strides: one, padding: one, dilation: one, groups: folds);
+        // A frozen tensor may be given unfolded (its one copy) while the other tensor of its layer is folded.
+        bool Shared(int layer, int which) => folds > 1 && p[(2 * layer) + which].shape[0] == layout.Layers[layer].OutChannels;
 
-        Tensor Norm(Tensor t, int layer) => F.group_norm(t, (long)folds * c.GroupNormGroups, p[2 * layer], p[(2 * layer) + 1], c.GroupNormEps);
+        // [n, G·C, H, W] ⇄ [n·G, C, H, W]
+        Tensor Unfold(Tensor t) => t.view(t.shape[0] * folds, -1, t.shape[2], t.shape[3]);
+        Tensor Refold(Tensor t) => t.view(t.shape[0] / folds, -1, t.shape[2], t.shape[3]);
+
+        // An unfolded [C] tensor as G copies (it is frozen: no gradient flows to it).
+        Tensor Folded(int layer, int which) => Shared(layer, which) ? p[(2 * layer) + which].repeat(folds) : p[(2 * layer) + which];
+
+        Tensor Conv(Tensor t, int layer)
+        {
+            var (weight, bias) = (p[2 * layer], p[(2 * layer) + 1]);
+            if (Shared(layer, 0))
+            {
+                var y = Refold(F.conv2d(Unfold(t), weight, Shared(layer, 1) ? bias : null, strides: one, padding: one, dilation: one, groups: 1));
+                return Shared(layer, 1) ? y : y + bias.view(1, -1, 1, 1);
+            }
+
+            bias = Folded(layer, 1);
+            return folds > 1 && SharedWeightConv.Pays(t, layout.Layers[layer].OutChannels)
+                ? SharedWeightConv.apply(t, weight, bias, folds)
+                : F.conv2d(t, weight, bias, strides: one, padding: one, dilation: one, groups: folds);
+        }
+
+        Tensor Norm(Tensor t, int layer) =>
+            Shared(layer, 0) && Shared(layer, 1)
+                ? Refold(F.group_norm(Unfold(t), c.GroupNormGroups, p[2 * layer], p[(2 * layer) + 1], c.GroupNormEps))
+                : F.group_norm(t, (long)folds * c.GroupNormGroups, Folded(layer, 0), Folded(layer, 1), c.GroupNormEps);
 
         Tensor Act(Tensor t) => c.Activation switch
         {

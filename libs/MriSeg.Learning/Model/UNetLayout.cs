@@ -88,6 +88,86 @@ public sealed class UNetLayout
     /// <summary>Total trainable parameters.</summary>
     public long ParameterCount { get; }
 
+    /// <summary>
+    /// Which parameters a <c>trainable</c> selection covers, in <see cref="ParameterNames"/> order. Each pattern matches
+    /// a parameter whose name starts with it (<c>"up_convs."</c>, <c>"out_conv."</c>); a <c>*</c> in a pattern matches
+    /// any run of characters (<c>"*.bias"</c>: every bias; <c>"*.conv.1."</c>: the first GroupNorm of every block).
+    /// Null selects every parameter.
+    /// </summary>
+    /// <exception cref="ArgumentException">A pattern is empty or matches no parameter.</exception>
+    public bool[] SelectTrainable(IReadOnlyList<string>? patterns)
+    {
+        var names = ParameterNames;
+        var selected = new bool[names.Count];
+        if (patterns is null)
+        {
+            Array.Fill(selected, true);
+            return selected;
+        }
+
+        foreach (var pattern in patterns)
+        {
+            if (string.IsNullOrWhiteSpace(pattern))
+            {
+                throw new ArgumentException("trainable: an empty pattern selects nothing.");
+            }
+
+            var any = false;
+            for (var i = 0; i < names.Count; i++)
+            {
+                if (MatchesPrefix(pattern, names[i]))
+                {
+                    selected[i] = true;
+                    any = true;
+                }
+            }
+
+            if (!any)
+            {
+                throw new ArgumentException(
+                    $"trainable: \"{pattern}\" matches no parameter of this U-Net (names start with in_conv, down_convs.L.conv.N, " +
+                    $"bottleneck_conv.conv.N, up_samples.L.conv.N, up_convs.L.conv.N, out_conv.N; e.g. {names[0]}, {names[^1]}).");
+            }
+        }
+
+        return selected;
+    }
+
+    /// <summary>Whether <paramref name="name"/> starts with <paramref name="pattern"/>, where * matches any characters.</summary>
+    internal static bool MatchesPrefix(string pattern, string name)
+    {
+        bool Match(int p, int n)
+        {
+            while (p < pattern.Length)
+            {
+                if (pattern[p] == '*')
+                {
+                    for (var k = n; k <= name.Length; k++)
+                    {
+                        if (Match(p + 1, k))
+                        {
+                            return true;
+                        }
+                    }
+
+                    return false;
+                }
+
+                if (n >= name.Length || pattern[p] != name[n])
+                {
+                    return false;
+                }
+
+                p++;
+                n++;
+            }
+
+            return true; // the pattern is used up: a prefix of the name
+        }
+
+        return Match(0, 0);
+    }
+
     internal int InConv { get; }
 
     internal int[] Down { get; }

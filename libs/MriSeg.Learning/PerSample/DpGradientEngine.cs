@@ -49,6 +49,8 @@ public sealed record DpBatchChunk(Tensor Inputs, Tensor Targets, IReadOnlyList<i
 /// <summary>
 /// One DP-SGD gradient: folded per-group gradients, clipped to C, summed, Gaussian noise N(0, σ²C²)
 /// added, divided by the expected batch size, written to each parameter's .grad for any optimizer.
+/// Frozen parameters (no requires_grad, <see cref="UNet2d.SetTrainable"/>) are left out of all of it: no per-patient
+/// gradient, no part in the norm that is clipped, no noise, no .grad.
 /// </summary>
 /// <remarks>
 /// Per parameter the clipped sum is one fused GEMV (addmv) of the [G, n] view of the folded gradient
@@ -126,7 +128,8 @@ public sealed class DpGradientEngine : IDisposable
     {
         ArgumentOutOfRangeException.ThrowIfNegative(chunkCount);
         ArgumentNullException.ThrowIfNull(chunk);
-        var parameters = _model.OrderedParameters();
+        // Only the trainable parameters (requires_grad; UNet2d.SetTrainable) are clipped, noised and given a .grad.
+        IReadOnlyList<Tensor> parameters = PerSampleGradients.Trainable(_model).Parameters;
         var c = Settings.ClipNorm;
         var views = GradientViews(parameters);
         using (no_grad())
@@ -174,7 +177,8 @@ public sealed class DpGradientEngine : IDisposable
     private Tensor[] GradientViews(IReadOnlyList<Tensor> parameters)
     {
         var total = parameters.Sum(p => p.numel());
-        if (_gradients is null || _gradients.numel() != total || !FoldedLeafBuffers.SameKind(_gradients, parameters[0]))
+        if (_gradients is null || _gradients.numel() != total || !FoldedLeafBuffers.SameKind(_gradients, parameters[0]) ||
+            _gradientViews.Length != parameters.Count || _gradientViews.Where((v, i) => !v.shape.SequenceEqual(parameters[i].shape)).Any())
         {
             _gradients?.Dispose();
             foreach (var v in _gradientViews)

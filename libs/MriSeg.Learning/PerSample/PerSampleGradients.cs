@@ -10,13 +10,18 @@ namespace MriSeg.Learning.PerSample;
 /// convolution runs with groups = G and every GroupNorm with G·groups groups. One backward pass then
 /// leaves group g's summed gradient in rows g of each leaf's gradient.
 /// </summary>
+/// <remarks>
+/// Only the parameters that require a gradient are differentiated (<see cref="UNet2d.SetTrainable"/>): a frozen
+/// parameter is not folded (its layer runs on the unfolded batch with its one copy), gets no per-group gradient,
+/// and is not part of <see cref="PerGroupGradients"/>, so norms and clipping cover the trainable parameters only.
+/// </remarks>
 public static class PerSampleGradients
 {
     /// <summary>
     /// Computes each group's gradient of Σ_{slices s in group} w_s·loss(s), where w_s is 1
     /// (<see cref="GroupReduction.Sum"/>) or 1/|group| (<see cref="GroupReduction.Mean"/>).
     /// </summary>
-    /// <param name="model">The model; its parameters are read, not changed, and get no .grad.</param>
+    /// <param name="model">The model; its parameters are read, not changed, and get no .grad. Only those with requires_grad are differentiated.</param>
     /// <param name="inputs">[N, in, H, W] on the model's device and dtype.</param>
     /// <param name="targets">[N, out, H, W].</param>
     /// <param name="groupIndex">Group (0..G-1) of each of the N samples.</param>
@@ -38,18 +43,33 @@ public static class PerSampleGradients
         ArgumentNullException.ThrowIfNull(grouping);
         ArgumentNullException.ThrowIfNull(loss);
         var parameters = model.OrderedParameters();
-        var shapes = parameters.Select(p => p.shape).ToArray();
+        var (names, trainable) = Trainable(model);
+        var shapes = trainable.Select(p => p.shape).ToArray();
         CheckBatch(model, inputs, targets, grouping, parameters[0]);
         if (grouping.GroupCount == 0)
         {
-            var none = parameters.Select(p => zeros([0, .. p.shape.Skip(1)], p.dtype, p.device).DetachFromDisposeScope()).ToArray();
-            return new PerGroupGradients(model.Layout.ParameterNames, shapes, none, zeros(0, ScalarType.Float64).DetachFromDisposeScope(), grouping);
+            var none = trainable.Select(p => zeros([0, .. p.shape.Skip(1)], p.dtype, p.device).DetachFromDisposeScope()).ToArray();
+            return new PerGroupGradients(names, shapes, none, zeros(0, ScalarType.Float64).DetachFromDisposeScope(), grouping);
         }
 
         using var scope = NewDisposeScope();
         var (grads, groupLosses) = FoldedBackward(model, parameters, inputs, targets, grouping, loss, buffers);
         return new PerGroupGradients(
-            model.Layout.ParameterNames, shapes, [.. grads.Select(g => g.DetachFromDisposeScope())], groupLosses.DetachFromDisposeScope(), grouping);
+            names, shapes, [.. grads.Select(g => g.DetachFromDisposeScope())], groupLosses.DetachFromDisposeScope(), grouping);
+    }
+
+    /// <summary>The names and parameters that require a gradient, in layout order; at least one.</summary>
+    internal static (string[] Names, Tensor[] Parameters) Trainable(UNet2d model)
+    {
+        var parameters = model.OrderedParameters();
+        var names = model.Layout.ParameterNames;
+        var chosen = Enumerable.Range(0, parameters.Count).Where(i => parameters[i].requires_grad).ToArray();
+        if (chosen.Length == 0)
+        {
+            throw new InvalidOperationException("the model has no trainable parameter (every parameter is frozen).");
+        }
+
+        return ([.. chosen.Select(i => names[i])], [.. chosen.Select(i => (Tensor)parameters[i])]);
     }
 
     /// <summary>
@@ -64,6 +84,7 @@ public static class PerSampleGradients
         ArgumentNullException.ThrowIfNull(grouping);
         ArgumentNullException.ThrowIfNull(loss);
         var parameters = model.OrderedParameters();
+        var (names, trainable) = Trainable(model);
         CheckBatch(model, inputs, targets, grouping, parameters[0]);
         using var scope = NewDisposeScope();
         var perGroup = new List<Tensor[]>();
@@ -74,23 +95,23 @@ public static class PerSampleGradients
             var index = tensor(members, device: inputs.device);
             var weight = grouping.Reduction == GroupReduction.Mean ? 1.0 / members.Length : 1.0;
             var groupLoss = (loss(model.ForwardLogits(inputs.index_select(0, index)), targets.index_select(0, index)) * weight).sum();
-            perGroup.Add([.. autograd.grad([groupLoss], [.. parameters.Cast<Tensor>()])]);
+            perGroup.Add([.. autograd.grad([groupLoss], trainable)]);
             losses.Add(groupLoss.detach().to(ScalarType.Float64));
         }
 
-        var folded = Enumerable.Range(0, parameters.Count)
+        var folded = Enumerable.Range(0, trainable.Length)
             .Select(i => perGroup.Count == 0
-                ? zeros([0, .. parameters[i].shape.Skip(1)], parameters[i].dtype, parameters[i].device)
+                ? zeros([0, .. trainable[i].shape.Skip(1)], trainable[i].dtype, trainable[i].device)
                 : cat([.. perGroup.Select(grads => grads[i])], 0))
             .Select(t => t.DetachFromDisposeScope())
             .ToArray();
         var lossTensor = (losses.Count == 0 ? zeros(0, ScalarType.Float64) : stack(losses)).DetachFromDisposeScope();
-        return new PerGroupGradients(model.Layout.ParameterNames, [.. parameters.Select(p => p.shape)], folded, lossTensor, grouping);
+        return new PerGroupGradients(names, [.. trainable.Select(p => p.shape)], folded, lossTensor, grouping);
     }
 
     /// <summary>
-    /// The folded forward and backward pass. Returns the gradient of each folded leaf ([G·d0, ...],
-    /// group-major) and each group's loss ([G], float64), all in the caller's dispose scope.
+    /// The folded forward and backward pass. Returns the gradient of each trainable parameter's folded leaf ([G·d0, ...],
+    /// group-major; frozen parameters are skipped) and each group's loss ([G], float64), all in the caller's dispose scope.
     /// </summary>
     internal static (IList<Tensor> Gradients, Tensor GroupLosses) FoldedBackward(
         UNet2d model, IReadOnlyList<Tensor> parameters, Tensor inputs, Tensor targets, SliceGrouping grouping, PerSampleLoss loss,
@@ -124,7 +145,7 @@ public static class PerSampleGradients
             perSlice = perSlice * tensor(grouping.SlotWeight, perSlice.dtype, perSlice.device);
         }
 
-        var grads = autograd.grad([perSlice.sum()], leaves);
+        var grads = autograd.grad([perSlice.sum()], [.. leaves.Where((_, i) => parameters[i].requires_grad)]);
         var groupLosses = perSlice.detach().view(k, g).sum(0, false, ScalarType.Float64);
         return (grads, groupLosses);
     }
@@ -153,28 +174,41 @@ public static class PerSampleGradients
 internal sealed class FoldedLeafBuffers : IDisposable
 {
     private Tensor[] _buffers = [];
+    private bool[] _frozen = [];
     private int _capacity;
 
-    /// <summary>New leaves for a single call.</summary>
+    /// <summary>New leaves for a single call (a frozen parameter: itself, detached and not folded).</summary>
     public static Tensor[] Fresh(IReadOnlyList<Tensor> parameters, int groups)
     {
         using var _ = no_grad();
         return [.. parameters.Select(p =>
         {
+            if (!p.requires_grad)
+            {
+                return p.detach();
+            }
+
             var reps = Enumerable.Repeat(1L, (int)p.dim()).ToArray();
             reps[0] = groups;
             return p.detach().repeat(reps).requires_grad_(true);
         })];
     }
 
-    /// <summary>Leaves for <paramref name="groups"/> groups holding the parameters' current values; views of the kept buffers.</summary>
+    /// <summary>
+    /// Leaves for <paramref name="groups"/> groups holding the parameters' current values; views of the kept buffers.
+    /// A frozen parameter (no requires_grad) is given as itself, detached and not folded.
+    /// </summary>
     public Tensor[] Prepare(IReadOnlyList<Tensor> parameters, int groups)
     {
-        if (groups > _capacity || _buffers.Length != parameters.Count || !SameKind(_buffers[0], parameters[0]))
+        var frozen = parameters.Select(p => !p.requires_grad).ToArray();
+        if (groups > _capacity || _buffers.Length != parameters.Count || !SameKind(_buffers[0], parameters[0]) || !frozen.SequenceEqual(_frozen))
         {
             Dispose();
-            _buffers = [.. parameters.Select(p => empty([groups * p.shape[0], .. p.shape.Skip(1)], p.dtype, p.device).DetachFromDisposeScope())];
+            _buffers = [.. parameters.Select(p => (p.requires_grad
+                ? empty([groups * p.shape[0], .. p.shape.Skip(1)], p.dtype, p.device)
+                : empty(1, p.dtype, p.device)).DetachFromDisposeScope())];
             _capacity = groups;
+            _frozen = frozen;
         }
 
         var leaves = new Tensor[parameters.Count];
@@ -183,6 +217,12 @@ internal sealed class FoldedLeafBuffers : IDisposable
             for (var i = 0; i < leaves.Length; i++)
             {
                 var p = parameters[i];
+                if (frozen[i])
+                {
+                    leaves[i] = p.detach();
+                    continue;
+                }
+
                 using var rows = _buffers[i].narrow(0, 0, groups * p.shape[0]);
                 using var flat = rows.view(groups, -1);
                 using var source = p.detach().reshape(1, -1);
@@ -207,6 +247,7 @@ internal sealed class FoldedLeafBuffers : IDisposable
         }
 
         _buffers = [];
+        _frozen = [];
         _capacity = 0;
     }
 }

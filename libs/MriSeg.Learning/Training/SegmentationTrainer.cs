@@ -245,6 +245,17 @@ public static class SegmentationTrainer
             _plan = Plan(config, _patients.Length);
             var seed = config.Seed;
             _model = CreateModel(config.Model!, seed, options.InitialModel);
+            try
+            {
+                // Frozen parameters (config.Trainable): no gradient, no noise, no optimiser state or update, no EMA.
+                _model.SetTrainable(config.Trainable);
+            }
+            catch (ArgumentException e)
+            {
+                _model.Dispose();
+                throw new ArgumentException("invalid training configuration: " + e.Message, e);
+            }
+
             _evalModel = new UNet2d(config.Model!, ScalarType.Float32, _device);
             _optimizer = CreateOptimizer(_model, config.Optimizer);
             _loss = WithMultiplicity(Loss(config.Loss), config.Reduction, config.Augmentation.Multiplicity);
@@ -563,8 +574,8 @@ public static class SegmentationTrainer
         private void Restore(TrainingCheckpoint from)
         {
             using var _ = no_grad();
-            var parameters = _model.OrderedParameters();
-            CopyInto(parameters, from.Weights, "weights");
+            CopyInto(_model.OrderedParameters(), from.Weights, "weights");
+            var parameters = _model.TrainableParameters();
             if (_ema is not null)
             {
                 CopyInto(_ema.Averages, from.Ema!, "EMA averages");
@@ -583,7 +594,7 @@ public static class SegmentationTrainer
             var states = ((OptimizerHelper)_optimizer).state_dict().State;
             if (states.Count != parameters.Count || (from.OptimizerSteps.Count > 0 && from.OptimizerSteps.Count != states.Count))
             {
-                throw new ArgumentException($"the checkpoint's optimiser state covers {from.OptimizerSteps.Count} parameters; the model has {parameters.Count}.");
+                throw new ArgumentException($"the checkpoint's optimiser state covers {from.OptimizerSteps.Count} parameters; the model has {parameters.Count} trainable.");
             }
 
             Tensor Get(int i, string field) => tensors.TryGetValue(FormattableString.Invariant($"{i}/{field}"), out var t)
@@ -807,11 +818,12 @@ public static class SegmentationTrainer
             return model;
         }
 
+        /// <summary>The optimiser over the trainable parameters only (frozen ones get no state and no update, not even weight decay).</summary>
         private static optim.Optimizer CreateOptimizer(UNet2d model, OptimizerConfig o) => o.Kind switch
         {
-            OptimizerKind.Sgd => optim.SGD(model.parameters(), o.LearningRate, o.Momentum, 0, o.WeightDecay, o.Nesterov && o.Momentum > 0),
-            OptimizerKind.AdamW => optim.AdamW(model.parameters(), o.LearningRate, o.Beta1, o.Beta2, o.Epsilon, o.WeightDecay),
-            _ => optim.Adam(model.parameters(), o.LearningRate, o.Beta1, o.Beta2, o.Epsilon, o.WeightDecay),
+            OptimizerKind.Sgd => optim.SGD(model.TrainableParameters(), o.LearningRate, o.Momentum, 0, o.WeightDecay, o.Nesterov && o.Momentum > 0),
+            OptimizerKind.AdamW => optim.AdamW(model.TrainableParameters(), o.LearningRate, o.Beta1, o.Beta2, o.Epsilon, o.WeightDecay),
+            _ => optim.Adam(model.TrainableParameters(), o.LearningRate, o.Beta1, o.Beta2, o.Epsilon, o.WeightDecay),
         };
 
         public void Dispose()
@@ -887,7 +899,11 @@ public static class SegmentationTrainer
             using var _ = no_grad();
             foreach (var (average, p) in Averages.Zip(model.OrderedParameters()))
             {
-                average.mul_(d).add_(p, alpha: 1 - d);
+                // A frozen parameter's average stays its (unchanged) value, bit for bit.
+                if (p.requires_grad)
+                {
+                    average.mul_(d).add_(p, alpha: 1 - d);
+                }
             }
         }
 

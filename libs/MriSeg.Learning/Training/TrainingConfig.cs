@@ -240,6 +240,15 @@ public sealed record TrainingConfig
     /// </summary>
     public string? BaseModel { get; init; }
 
+    /// <summary>
+    /// The parameters to train, as name patterns (<see cref="UNetLayout.SelectTrainable"/>: a parameter is trained when its
+    /// name starts with one of them, * matching any characters, e.g. <c>["up_samples.", "up_convs.", "out_conv."]</c> for
+    /// the decoder and head, <c>["*.bias", "*.conv.1.", "*.conv.4.", "out_conv."]</c> for biases, GroupNorm affines and head);
+    /// the others stay at their initial (base-model) values: no gradient, no part in the per-patient clipping norm, no DP
+    /// noise, no optimiser or EMA update. Null (default): every parameter. A pattern that matches nothing is an error.
+    /// </summary>
+    public IReadOnlyList<string>? Trainable { get; init; }
+
     /// <summary>How held-out patients are scored (threshold, test-time augmentation).</summary>
     public EvaluationConfig Evaluation { get; init; } = new();
 
@@ -318,6 +327,23 @@ public sealed record TrainingConfig
         static string F(double v) => v.ToString(CultureInfo.InvariantCulture);
         Model?.Validate();
         Preprocessing?.Validate();
+        if (Trainable is not null)
+        {
+            Require(Trainable.Count > 0, "trainable must name at least one parameter pattern (or be null for all).");
+            Require(Trainable.All(t => !string.IsNullOrWhiteSpace(t)), "trainable holds an empty pattern.");
+            if (Model is not null)
+            {
+                try
+                {
+                    _ = UNetLayout.For(Model).SelectTrainable(Trainable);
+                }
+                catch (ArgumentException error)
+                {
+                    throw new ArgumentException("invalid training configuration: " + error.Message, error);
+                }
+            }
+        }
+
         var e = Evaluation ?? throw new ArgumentException("invalid training configuration: evaluation is null.");
         Require(e.Threshold > 0 && e.Threshold < 1, $"evaluation.threshold must be in (0, 1), got {F(e.Threshold)}.");
         var p = Privacy ?? throw new ArgumentException("invalid training configuration: privacy is null.");
