@@ -47,6 +47,13 @@ public sealed record ScenarioOptions
     /// <summary>The pipeline configuration (a training config JSON); null: the shipped phantom recipe with <see cref="Epsilon"/> and <see cref="Delta"/>.</summary>
     public string? PipelineJson { get; init; }
 
+    /// <summary>
+    /// The consumer's pre-trained base model (a model folder, as <c>mriseg train</c> writes it), sealed as the run's initial
+    /// weights; null: the pipeline's architecture with its seeded initial weights. The CLI takes a <c>--pipeline</c>'s own
+    /// <c>base_model</c> (the BraTS recipes' phantom base) unless <c>--base-model</c> says otherwise.
+    /// </summary>
+    public string? BaseModelDirectory { get; init; }
+
     /// <summary>Overrides of the pipeline (for small test runs): epochs; null keeps the recipe's.</summary>
     public int? Epochs { get; init; }
 
@@ -97,6 +104,9 @@ public sealed record ScenarioOptions
         {
             node["epochs"] = epochs;
         }
+
+        // The base model travels sealed (BaseModelDirectory), not as a path on the consumer's machine.
+        node.Remove("base_model");
 
         return node.ToJsonString(new System.Text.Json.JsonSerializerOptions { WriteIndented = true });
     }

@@ -200,19 +200,19 @@ public sealed class ScenarioRunner(ScenarioEndpoints endpoints, BlobServiceClien
             return string.Join("; ", sealedShards.Select(s => $"{s.Hospital.Id}: {Name(s.Sealed.Package.Blob)} ({s.Sealed.Manifest.PlaintextLength / 1024.0 / 1024:F1} MiB)"));
         }).ConfigureAwait(false);
 
-        // 3. The consumer seals its base model (the pipeline's initial weights) and its pipeline configuration.
+        // 3. The consumer seals its base model (pre-trained, or the pipeline's initial weights) and its pipeline configuration.
         var consumerContainer = options.Consumer.ToLowerInvariant();
         V1.SealResult sealedModel = null!, sealedPipeline = null!;
         var pipelineBytes = Encoding.UTF8.GetBytes(pipelineJson);
         var pipelineSha = Convert.ToHexStringLower(SHA256.HashData(pipelineBytes));
         await PhaseAsync(3, async () =>
         {
-            var modelBytes = BaseModelWeights(config);
+            var modelBytes = BaseModelWeights(config, options.BaseModelDirectory);
             sealedModel = await StageAndSealAsync(3, packaging, options, consumerContainer, $"scenario/{runId}/base-model.safetensors", modelBytes,
                 V1.ContentType.Model, ct).ConfigureAwait(false);
             sealedPipeline = await StageAndSealAsync(3, packaging, options, consumerContainer, $"scenario/{runId}/pipeline.json", pipelineBytes,
                 V1.ContentType.Pipeline, ct).ConfigureAwait(false);
-            return $"base model {Name(sealedModel.Package.Blob)} ({modelBytes.Length / 1024} KiB), pipeline {Name(sealedPipeline.Package.Blob)} (SHA-256 {pipelineSha[..16]}…)";
+            return $"base model {Name(sealedModel.Package.Blob)} ({modelBytes.Length / 1024} KiB, {(options.BaseModelDirectory is { } b ? "pre-trained: " + Path.GetFileName(Path.TrimEndingDirectorySeparator(b)) : "initial weights")}), pipeline {Name(sealedPipeline.Package.Blob)} (SHA-256 {pipelineSha[..16]}…)";
         }).ConfigureAwait(false);
 
         // 4. Keys go to the KeyBroker with a release policy for the clean room's published measurement and the contracts.
@@ -501,13 +501,40 @@ public sealed class ScenarioRunner(ScenarioEndpoints endpoints, BlobServiceClien
         _progress(new ScenarioEvent(4, PhaseNames[3], $"{owner}: key {seal.Package.KeyId[..8]}… of {Name(seal.Package.Blob)} imported"));
     }
 
-    /// <summary>The base model the consumer brings: the pipeline's architecture with its seeded initial weights, as safetensors.</summary>
-    private static byte[] BaseModelWeights(TrainingConfig config)
+    /// <summary>
+    /// The base model the consumer brings, as safetensors: the model in <paramref name="folder"/> (its architecture must be the
+    /// pipeline's), else the pipeline's architecture with its seeded initial weights.
+    /// </summary>
+    /// <exception cref="ScenarioException">The folder holds no model, or one of another architecture.</exception>
+    public static byte[] BaseModelWeights(TrainingConfig config, string? folder)
     {
         TorchRuntime.Initialize();
-        using var generator = new torch.Generator(config.Seed);
-        using var model = new UNet2d(config.Model!, torch.ScalarType.Float32, torch.CPU, generator);
-        return UNetModelFile.SerializeWeights(model);
+        if (folder is null)
+        {
+            using var generator = new torch.Generator(config.Seed);
+            using var initial = new UNet2d(config.Model!, torch.ScalarType.Float32, torch.CPU, generator);
+            return UNetModelFile.SerializeWeights(initial);
+        }
+
+        UNet2d? trained;
+        try
+        {
+            trained = TrainingData.LoadBaseModel(config with { BaseModel = folder });
+        }
+        catch (ArgumentException e)
+        {
+            throw new ScenarioException(3, $"the base model: {e.Message}", e);
+        }
+
+        using (trained)
+        {
+            if (config.Model is { } wanted && JsonSerializer.Serialize(wanted) != JsonSerializer.Serialize(trained!.Config))
+            {
+                throw new ScenarioException(3, $"the base model in {folder} is not the pipeline's architecture ({JsonSerializer.Serialize(trained!.Config)}; the pipeline's: {JsonSerializer.Serialize(wanted)})");
+            }
+
+            return UNetModelFile.SerializeWeights(trained!);
+        }
     }
 
     private async Task<SegmentedCase> SegmentAsync(V1.ModelVault.ModelVaultClient vault, string modelId, ScenarioOptions options, string outputDirectory, CancellationToken ct)

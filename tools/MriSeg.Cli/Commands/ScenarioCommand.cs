@@ -40,6 +40,11 @@ internal static class ScenarioCommand
         var consumer = new Option<string>("--consumer") { Description = "The model consumer's party id (the ModelVault's ModelVault:Consumer).", DefaultValueFactory = _ => defaults.Consumer, HelpName = "ID" };
         var runId = new Option<string?>("--run-id") { Description = "The run id (default: scenario-<time>-<random>).", HelpName = "ID" };
         var keep = new Option<bool>("--keep-plaintext") { Description = "Keep the plaintext staging blobs (generated volumes, shards) after sealing." };
+        var baseModel = new Option<string?>("--base-model")
+        {
+            Description = "A pre-trained model folder the consumer seals as the run's initial weights (default: the --pipeline's base_model, e.g. the BraTS recipes' phantom base; else seeded initial weights).",
+            HelpName = "DIR",
+        };
         var partyKey = new Option<string?>("--party-key")
         {
             Description = "The consumer's party key that signs the calls to the ModelVault (default: .mriseg/keys/<consumer>.key of this repository, which Packaging makes in development).",
@@ -49,7 +54,7 @@ internal static class ScenarioCommand
 
         var run = new Command("run", "Play three hospitals and a model consumer through all six phases against the running services.")
         {
-            hospitals, patients, size, depth, epsilon, delta, epochs, pipeline, data, sliceSize, segment, output, consumer, runId, keep, storage, partyKey,
+            hospitals, patients, size, depth, epsilon, delta, epochs, pipeline, data, sliceSize, segment, output, consumer, runId, keep, storage, partyKey, baseModel,
         };
         app.SetAction(run, async (context, ct) =>
         {
@@ -72,6 +77,7 @@ internal static class ScenarioCommand
                 RunId = context.GetValue(runId),
                 KeepPlaintext = context.GetValue(keep),
                 ConsumerKeyPath = context.GetValue(partyKey) is { } keyPath ? Path.GetFullPath(keyPath) : null,
+                BaseModelDirectory = BaseModel(context.GetValue(baseModel), context.GetValue(pipeline)),
             };
             try
             {
@@ -137,6 +143,24 @@ internal static class ScenarioCommand
         return at > 0 && at < text.Length - 1
             ? new ScenarioHospital(text[..at], text[(at + 1)..])
             : throw new CliException($"--data '{text}': expected ID=PATH, e.g. hospital-a=/data/brats_A");
+    }
+
+    /// <summary>--base-model, else the --pipeline's base_model (resolved as <c>mriseg train</c> resolves it), else none.</summary>
+    private static string? BaseModel(string? given, string? pipelinePath)
+    {
+        if (given is not null)
+        {
+            return Directory.Exists(given) ? Path.GetFullPath(given) : throw new CliException($"--base-model {given}: no such folder");
+        }
+
+        if (pipelinePath is null || MriSeg.Learning.Training.TrainingConfig.Load(pipelinePath) is not { BaseModel: not null } config)
+        {
+            return null;
+        }
+
+        var resolved = MriSeg.Learning.Training.TrainingData.ResolveBaseModel(config, pipelinePath).BaseModel!;
+        return Directory.Exists(resolved) ? Path.GetFullPath(resolved)
+            : throw new CliException($"--pipeline {pipelinePath}: its base_model {config.BaseModel} does not exist (produce it first: README, Quality on real data; or give --base-model DIR)");
     }
 
     private static string ReadPipeline(string path)
