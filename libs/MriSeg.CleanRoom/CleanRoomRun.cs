@@ -306,6 +306,14 @@ public sealed class CleanRoomRun(IPackageSource packages, ISignerDirectory signe
                             $"the dataset of {package.Ref.Owner} holds {data.PatientIds.Count} patients, its signed manifest states {StatedPatients(package)}");
                     }
 
+                    // A recipe is trained on data prepared as it says (as `mriseg train` insists): a shard made otherwise
+                    // (another size, channels, normalisation or slice selection) would train and score something else.
+                    if (config.Preprocessing?.Mismatch(data) is { } mismatch)
+                    {
+                        throw new CleanRoomRunException(RunFailure.SchemaMismatch,
+                            $"the dataset of {package.Ref.Owner} was not pre-processed as the pipeline's recipe says: {mismatch}");
+                    }
+
                     shards.Add(new ProviderShard(package.Info.Manifest.Owner, data, opened.Info.Manifest.PlaintextSha256));
                 }
 

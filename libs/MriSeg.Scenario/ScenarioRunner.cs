@@ -166,11 +166,7 @@ public sealed class ScenarioRunner(ScenarioEndpoints endpoints, BlobServiceClien
                 var last = await DrainAsync(1, h.Id, preprocess.RunPreprocess(new V1.PreprocessRequest
                 {
                     ProviderId = h.Id, Source = source, Layout = V1.SourceLayout.Auto, Output = Blob(container, shardName),
-                    // Tumour slices and a quarter of the tumour-free ones, so that the model also learns to find nothing.
-                    Options = new V1.PreprocessOptions
-                    {
-                        SliceSize = options.SliceSize == 0 ? (h.DataPath is null ? options.VolumeSize : 0) : options.SliceSize, EmptySliceFraction = 0.25,
-                    },
+                    Options = PreprocessOptionsFor(config, options, h),
                 }, cancellationToken: ct).ResponseStream, p => p.Progress, ct).ConfigureAwait(false);
                 var shard = last.Summary ?? throw new ScenarioException(1, $"{h.Id}: the Preprocess service ended without a shard summary");
                 plaintext.Add(shardName);
@@ -499,6 +495,31 @@ public sealed class ScenarioRunner(ScenarioEndpoints endpoints, BlobServiceClien
         };
         await Call(4, $"{owner}: Packaging.HandOffKey ({Name(seal.Package.Blob)})", () => packaging.HandOffKeyAsync(request, cancellationToken: ct).ResponseAsync).ConfigureAwait(false);
         _progress(new ScenarioEvent(4, PhaseNames[3], $"{owner}: key {seal.Package.KeyId[..8]}… of {Name(seal.Package.Blob)} imported"));
+    }
+
+    /// <summary>
+    /// How a hospital pre-processes for this pipeline: as its recipe's <c>preprocessing</c> section says (size, channels,
+    /// labels, normalisation, slice selection), which the clean room then checks each shard against; for a pipeline
+    /// without one, tumour slices and a quarter of the tumour-free ones (so that the model also learns to find nothing) at
+    /// the phantom size (real data: native, unless <see cref="ScenarioOptions.SliceSize"/>).
+    /// </summary>
+    public static V1.PreprocessOptions PreprocessOptionsFor(TrainingConfig config, ScenarioOptions options, ScenarioHospital hospital)
+    {
+        if (config.Preprocessing is { } p)
+        {
+            var recipe = new V1.PreprocessOptions
+            {
+                SliceSize = p.Size, EmptySliceFraction = p.TumourFreeShare, Labels = p.Labels,
+                LowerPercentile = p.LowerPercentile, UpperPercentile = p.UpperPercentile,
+            };
+            recipe.Modalities.AddRange(p.Modalities);
+            return recipe;
+        }
+
+        return new V1.PreprocessOptions
+        {
+            SliceSize = options.SliceSize == 0 ? (hospital.DataPath is null ? options.VolumeSize : 0) : options.SliceSize, EmptySliceFraction = 0.25,
+        };
     }
 
     /// <summary>

@@ -173,14 +173,19 @@ public sealed partial class PreprocessService(PreprocessSettings settings, BlobS
 
         try
         {
-            var options = new PreprocessOptions
+            // Both percentiles 0: the pre-processor's own.
+            var defaults = new PreprocessOptions { PseudonymKey = PseudonymKeyOf(provider) };
+            var percentiles = o.LowerPercentile == 0 && o.UpperPercentile == 0;
+            var options = defaults with
             {
                 Size = o.SliceSize,
                 Modalities = o.Modalities.Count == 0 ? Brats.Modalities : PreprocessOptions.ParseModalities(string.Join(',', o.Modalities)),
+                Labels = string.IsNullOrEmpty(o.Labels) ? LabelScheme.WholeTumour : LabelSchemes.Parse(o.Labels),
+                LowerPercentile = percentiles ? defaults.LowerPercentile : o.LowerPercentile,
+                UpperPercentile = percentiles ? defaults.UpperPercentile : o.UpperPercentile,
                 TumourFreeShare = o.EmptySliceFraction,
                 MaxVoxels = o.MaxVoxels > 0 ? o.MaxVoxels : NiftiReadOptions.DefaultMaxVoxels,
                 MaxDegreeOfParallelism = settings.MaxParallelism,
-                PseudonymKey = PseudonymKeyOf(provider),
             };
             options.Validate();
             return options;

@@ -169,6 +169,20 @@ public sealed class CleanRoomRunTests : IClassFixture<AzuriteFixture>, IDisposab
         await AssertNothingReleasedAsync(world);
     }
 
+    [Fact]
+    public async Task A_pipeline_whose_recipe_pre_processes_otherwise_than_the_shards_were_is_refused_before_training()
+    {
+        // The shards are 32x32 (flair, t1); the recipe says 64x64: it would train (and be scored) on data it was not made for.
+        var recipe = CleanRoomWorld.PipelineJson.Replace("\"seed\": 3,", "\"seed\": 3, \"preprocessing\": { \"size\": 64, \"modalities\": [\"flair\", \"t1\"] },", StringComparison.Ordinal);
+        Assert.NotEqual(CleanRoomWorld.PipelineJson, recipe);
+        var world = await env.NewWorldAsync(measurement, Ct, pipelineJson: recipe);
+        var e = await Assert.ThrowsAsync<CleanRoomRunException>(() => env.Runner(world).ExecuteAsync(world.Spec("run-recipe"), null, Ct));
+        Assert.Equal(RunFailure.SchemaMismatch, e.Failure);
+        Assert.Contains(world.ProviderA, e.Message, StringComparison.Ordinal);
+        Assert.Contains("32x32 slices, the recipe 64x64", e.Message, StringComparison.Ordinal);
+        await AssertNothingReleasedAsync(world);
+    }
+
     private async Task AssertNothingReleasedAsync(CleanRoomWorld.World world)
     {
         await foreach (var item in env.Blobs.GetBlobContainerClient(world.Consumer).GetBlobsAsync(Azure.Storage.Blobs.Models.BlobTraits.None, Azure.Storage.Blobs.Models.BlobStates.None, "outputs/", cancellationToken: Ct))

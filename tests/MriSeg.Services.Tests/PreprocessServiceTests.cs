@@ -109,6 +109,49 @@ public sealed class PreprocessServiceTests : IClassFixture<AzuriteFixture>, IDis
     }
 
     [Fact]
+    public async Task A_recipes_choices_reach_the_shard_labels_channels_percentiles_and_slice_selection()
+    {
+        await GeneratePhantomsAsync("recipe", 2);
+        var output = new V1.BlobRef { Container = provider, Name = "shards/recipe.safetensors" };
+        var options = new V1.PreprocessOptions { SliceSize = 24, EmptySliceFraction = 1, Labels = "brats", LowerPercentile = 1, UpperPercentile = 99 };
+        options.Modalities.AddRange(["t2", "flair"]);
+        using var call = client.RunPreprocess(new V1.PreprocessRequest
+        {
+            ProviderId = provider,
+            Source = new V1.Location { Blob = new V1.BlobRef { Container = provider, Name = "recipe" } },
+            Options = options,
+            Output = new V1.Location { Blob = output },
+        }, cancellationToken: Ct);
+        Assert.Equal(V1.JobState.Succeeded, (await DrainAsync(call))[^1].Progress.State);
+
+        var bytes = (await new BlobServiceClient(azurite.BlobConnectionString).GetBlobContainerClient(provider).GetBlobClient(output.Name).DownloadContentAsync(Ct)).Value.Content.ToArray();
+        var shard = DatasetShard.Read(bytes);
+        Assert.Equal(["t2", "flair"], shard.Modalities);
+        Assert.Equal(LabelScheme.BratsRegions, shard.Labels);
+        Assert.Equal(3, shard.LabelChannels);
+        Assert.Equal("zscore-brain-p1-p99", shard.Provenance.Normalisation);
+        Assert.StartsWith("all-brain", shard.Provenance.SliceSelection, StringComparison.Ordinal);
+        var recipe = new MriSeg.Learning.Training.PreprocessingConfig
+        {
+            Size = 24, Modalities = ["t2", "flair"], Labels = "brats", LowerPercentile = 1, UpperPercentile = 99, TumourFreeShare = 1,
+        };
+        Assert.Null(recipe.Mismatch(shard)); // what the clean room checks a recipe's shards with
+
+        // An unknown label scheme: INVALID_ARGUMENT naming it.
+        var wrong = new V1.PreprocessOptions { SliceSize = 24, Labels = "necrosis" };
+        using var refused = client.RunPreprocess(new V1.PreprocessRequest
+        {
+            ProviderId = provider,
+            Source = new V1.Location { Blob = new V1.BlobRef { Container = provider, Name = "recipe" } },
+            Options = wrong,
+            Output = new V1.Location { Blob = new V1.BlobRef { Container = provider, Name = "shards/wrong.safetensors" } },
+        }, cancellationToken: Ct);
+        var e = await Assert.ThrowsAsync<RpcException>(() => DrainAsync(refused));
+        Assert.Equal(StatusCode.InvalidArgument, e.StatusCode);
+        Assert.Contains("necrosis", e.Status.Detail, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public async Task Inspect_finds_the_layout_and_modalities_without_writing()
     {
         await GeneratePhantomsAsync("inspect", 2);

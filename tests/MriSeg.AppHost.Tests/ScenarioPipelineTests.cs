@@ -7,8 +7,11 @@ using Xunit;
 
 namespace MriSeg.AppHost.Tests;
 
-/// <summary>The base model the scenario's consumer seals: its own pre-trained weights when it has them, and only of the pipeline's architecture.</summary>
-public sealed class ScenarioBaseModelTests : IDisposable
+/// <summary>
+/// What the scenario's parties do for a given pipeline: the consumer seals its own pre-trained base model (only of the
+/// pipeline's architecture), and the hospitals pre-process as the pipeline's recipe says.
+/// </summary>
+public sealed class ScenarioPipelineTests : IDisposable
 {
     private readonly string folder = Directory.CreateTempSubdirectory("mriseg-scenario-base-").FullName;
 
@@ -40,6 +43,25 @@ public sealed class ScenarioBaseModelTests : IDisposable
 
         var missing = Assert.Throws<ScenarioException>(() => ScenarioRunner.BaseModelWeights(pipeline, Path.Combine(folder, "absent")));
         Assert.Contains("model.safetensors", missing.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Hospitals_pre_process_as_the_recipe_says_and_without_a_recipe_at_the_phantom_size()
+    {
+        var recipe = TrainingConfig.FromJson("""
+            { "preprocessing": { "size": 64, "modalities": ["flair", "t1", "t1ce", "t2"], "labels": "wt", "lower_percentile": 1, "upper_percentile": 99, "tumour_free_share": 1 } }
+            """);
+        var real = new ScenarioHospital("hospital-a", "/data/brats_A");
+        var options = ScenarioRunner.PreprocessOptionsFor(recipe, new ScenarioOptions(), real);
+        Assert.Equal(64, options.SliceSize);
+        Assert.Equal(["flair", "t1", "t1ce", "t2"], options.Modalities);
+        Assert.Equal("wt", options.Labels);
+        Assert.Equal((1.0, 99.0, 1.0), (options.LowerPercentile, options.UpperPercentile, options.EmptySliceFraction));
+
+        var plain = new TrainingConfig();
+        Assert.Equal(64, ScenarioRunner.PreprocessOptionsFor(plain, new ScenarioOptions { VolumeSize = 64 }, new ScenarioHospital("hospital-b")).SliceSize);
+        Assert.Equal(0, ScenarioRunner.PreprocessOptionsFor(plain, new ScenarioOptions(), real).SliceSize); // real data: native
+        Assert.Equal(0.25, ScenarioRunner.PreprocessOptionsFor(plain, new ScenarioOptions(), real).EmptySliceFraction);
     }
 
     [Fact]
