@@ -268,7 +268,7 @@ public sealed class ScenarioRunner(ScenarioEndpoints endpoints, BlobServiceClien
                 using var watch = trainer.WatchRun(new V1.WatchRunRequest { RunId = runId }, cancellationToken: ct);
                 await foreach (var p in watch.ResponseStream.ReadAllAsync(ct).ConfigureAwait(false))
                 {
-                    _progress(new ScenarioEvent(5, PhaseNames[4], Describe(p), p.Steps > 0 ? (double)p.Step / p.Steps : null));
+                    _progress(new ScenarioEvent(5, PhaseNames[4], p.Describe(), p.Steps > 0 ? (double)p.Step / p.Steps : null));
                 }
 
                 return true;
@@ -631,9 +631,6 @@ public sealed class ScenarioRunner(ScenarioEndpoints endpoints, BlobServiceClien
         return p + t == 0 ? 1 : 2.0 * both / (p + t);
     }
 
-    private static string Describe(V1.RunProgress p) => p.Phase == V1.RunPhase.Training
-        ? string.Create(CultureInfo.InvariantCulture, $"epoch {p.Epoch}/{p.Epochs}, step {p.Step}/{p.Steps}, loss {p.Loss:F3}, validation Dice {p.ValidationDice:F3}, ε {p.EpsilonSpent:F2}/{p.EpsilonTarget:F2}, {p.SamplesPerSecond:F0} slices/s")
-        : $"{p.Phase.ToString().Replace('_', ' ').ToLowerInvariant()}: {p.Message}";
 
     private static string Metric(V1.ModelRecord record, string name) =>
         record.Metrics.TryGetValue(name, out var v) ? v.ToString("F3", CultureInfo.InvariantCulture) : "n/a";

@@ -509,7 +509,6 @@ public sealed class RunManager(RunStore store, ICleanRoomRunFactory factory, Tra
                 Step = e.Step,
                 Steps = e.Steps,
                 Loss = e.Loss ?? 0,
-                ValidationDice = e.ValidationDice ?? 0,
                 EpsilonSpent = e.Epsilon ?? 0,
                 EpsilonTarget = e.EpsilonTarget ?? 0,
                 Delta = e.Delta ?? 0,
@@ -517,6 +516,11 @@ public sealed class RunManager(RunStore store, ICleanRoomRunFactory factory, Tra
                 Message = e.Message,
                 At = Timestamp.FromDateTimeOffset(DateTimeOffset.UtcNow),
             };
+            if (e.ValidationDice is { } dice)
+            {
+                p.ValidationDice = dice;
+            }
+
             lock (_gate)
             {
                 // Keep the last known numbers when a report (e.g. a phase change) carries none.

@@ -109,9 +109,7 @@ internal static class RunCommand
             using var call = t.WatchRun(new V1.WatchRunRequest { RunId = runId }, cancellationToken: c);
             await foreach (var p in call.ResponseStream.ReadAllAsync(c))
             {
-                context.Output.Progress(p.Phase == V1.RunPhase.Training
-                    ? string.Create(CultureInfo.InvariantCulture, $"epoch {p.Epoch}/{p.Epochs}, step {p.Step}/{p.Steps}, loss {p.Loss:F3}, validation Dice {p.ValidationDice:F3}, ε {p.EpsilonSpent:F2}/{p.EpsilonTarget:F2}, {p.SamplesPerSecond:F0} slices/s")
-                    : $"{p.Phase}: {p.Message}");
+                context.Output.Progress(p.Describe());
             }
 
             return true;
