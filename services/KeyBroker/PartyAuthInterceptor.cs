@@ -1,7 +1,7 @@
 using Grpc.Core;
-using Grpc.Core.Interceptors;
 using MriSeg.KeyRelease;
 using MriSeg.KeyRelease.Parties;
+using MriSeg.ServiceDefaults;
 
 namespace MriSeg.KeyBroker;
 
@@ -10,7 +10,7 @@ namespace MriSeg.KeyBroker;
 /// the party's registered key) and hands the caller to the service. No or bad credentials: UNAUTHENTICATED, before the
 /// method runs. RegisterParty authenticates itself (the token is signed by the key being registered).
 /// </summary>
-public sealed class PartyAuthInterceptor(KeyBrokerEngine engine, ILogger<PartyAuthInterceptor> logger) : Interceptor
+public sealed class PartyAuthInterceptor(KeyBrokerEngine engine, ILogger<PartyAuthInterceptor> logger) : CallAuthenticationInterceptor("KeyBroker")
 {
     private const string CallerKey = "mriseg.caller";
     private const string RegisterMethod = "/mriseg.v1.KeyBroker/RegisterParty";
@@ -21,33 +21,13 @@ public sealed class PartyAuthInterceptor(KeyBrokerEngine engine, ILogger<PartyAu
             ? principal
             : throw new RpcException(new Status(StatusCode.Unauthenticated, "no authenticated caller"));
 
-    public override async Task<TResponse> UnaryServerHandler<TRequest, TResponse>(TRequest request, ServerCallContext context, UnaryServerMethod<TRequest, TResponse> continuation)
+    protected override async Task AuthenticateAsync(ServerCallContext context)
     {
-        if (context.Method != RegisterMethod)
+        if (context.Method == RegisterMethod)
         {
-            await AuthenticateAsync(context);
+            return; // RegisterParty authenticates itself: its token is signed by the key being registered
         }
 
-        return await continuation(request, context);
-    }
-
-    public override async Task ServerStreamingServerHandler<TRequest, TResponse>(TRequest request, IServerStreamWriter<TResponse> responseStream,
-        ServerCallContext context, ServerStreamingServerMethod<TRequest, TResponse> continuation)
-    {
-        await AuthenticateAsync(context);
-        await continuation(request, responseStream, context);
-    }
-
-    public override Task<TResponse> ClientStreamingServerHandler<TRequest, TResponse>(IAsyncStreamReader<TRequest> requestStream, ServerCallContext context,
-        ClientStreamingServerMethod<TRequest, TResponse> continuation) =>
-        throw new RpcException(new Status(StatusCode.Unimplemented, "the KeyBroker has no client-streaming methods"));
-
-    public override Task DuplexStreamingServerHandler<TRequest, TResponse>(IAsyncStreamReader<TRequest> requestStream, IServerStreamWriter<TResponse> responseStream,
-        ServerCallContext context, DuplexStreamingServerMethod<TRequest, TResponse> continuation) =>
-        throw new RpcException(new Status(StatusCode.Unimplemented, "the KeyBroker has no duplex-streaming methods"));
-
-    private async Task AuthenticateAsync(ServerCallContext context)
-    {
         try
         {
             var caller = await engine.AuthenticateAsync(context.RequestHeaders.GetValue(PartyTokens.AuthorizationHeader), context.CancellationToken);

@@ -1,9 +1,9 @@
 using System.Collections.Concurrent;
 using Grpc.Core;
-using Grpc.Core.Interceptors;
 using MriSeg.KeyRelease;
 using MriSeg.KeyRelease.Parties;
 using MriSeg.Sealing;
+using MriSeg.ServiceDefaults;
 
 namespace MriSeg.ModelVault;
 
@@ -14,30 +14,9 @@ namespace MriSeg.ModelVault;
 /// does not list are UNAUTHENTICATED. The vault acts as the consumer with the consumer's keys, so whoever may call it may
 /// use the consumer's models.
 /// </summary>
-public sealed class CallerAuthInterceptor(PartyTokenValidator validator, ILogger<CallerAuthInterceptor> logger) : Interceptor
+public sealed class CallerAuthInterceptor(PartyTokenValidator validator, ILogger<CallerAuthInterceptor> logger) : CallAuthenticationInterceptor("ModelVault")
 {
-    public override async Task<TResponse> UnaryServerHandler<TRequest, TResponse>(TRequest request, ServerCallContext context, UnaryServerMethod<TRequest, TResponse> continuation)
-    {
-        await AuthenticateAsync(context);
-        return await continuation(request, context);
-    }
-
-    public override async Task ServerStreamingServerHandler<TRequest, TResponse>(TRequest request, IServerStreamWriter<TResponse> responseStream,
-        ServerCallContext context, ServerStreamingServerMethod<TRequest, TResponse> continuation)
-    {
-        await AuthenticateAsync(context);
-        await continuation(request, responseStream, context);
-    }
-
-    public override Task<TResponse> ClientStreamingServerHandler<TRequest, TResponse>(IAsyncStreamReader<TRequest> requestStream, ServerCallContext context,
-        ClientStreamingServerMethod<TRequest, TResponse> continuation) =>
-        throw new RpcException(new Status(StatusCode.Unimplemented, "the ModelVault has no client-streaming methods"));
-
-    public override Task DuplexStreamingServerHandler<TRequest, TResponse>(IAsyncStreamReader<TRequest> requestStream, IServerStreamWriter<TResponse> responseStream,
-        ServerCallContext context, DuplexStreamingServerMethod<TRequest, TResponse> continuation) =>
-        throw new RpcException(new Status(StatusCode.Unimplemented, "the ModelVault has no duplex-streaming methods"));
-
-    private async Task AuthenticateAsync(ServerCallContext context)
+    protected override async Task AuthenticateAsync(ServerCallContext context)
     {
         try
         {
