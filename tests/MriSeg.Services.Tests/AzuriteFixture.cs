@@ -125,9 +125,17 @@ public sealed class AzuriteFixture : IAsyncLifetime
             var watch = Stopwatch.StartNew();
             while (watch.Elapsed < StartTimeout && !process.HasExited)
             {
-                if (await AcceptsAsync(port))
+                switch (await ListenerAsync(port))
                 {
-                    return port;
+                    case Listener.Azurite:
+                        return port;
+                    case Listener.Other:
+                        // Another server (a test's Kestrel) took the port between FreePort and Azurite's bind: Azurite
+                        // cannot listen there, so try another port rather than hand out a connection string to the wrong server.
+                        process.Kill(entireProcessTree: true);
+                        await process.WaitForExitAsync();
+                        output.Enqueue($"port {port} is served by another program");
+                        break;
                 }
 
                 await Task.Delay(100);
@@ -144,17 +152,25 @@ public sealed class AzuriteFixture : IAsyncLifetime
         throw new InvalidOperationException($"{Path.GetFileName(program)} exited three times before listening: {lastOutput}");
     }
 
-    private static async Task<bool> AcceptsAsync(int port)
+    private enum Listener
     {
-        using var client = new TcpClient();
+        None,
+        Azurite,
+        Other,
+    }
+
+    /// <summary>Who answers HTTP on the port: Azurite (its responses carry "Server: Azurite-…"), another server, or nobody yet.</summary>
+    private static async Task<Listener> ListenerAsync(int port)
+    {
+        using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(5) };
         try
         {
-            await client.ConnectAsync(IPAddress.Loopback, port);
-            return true;
+            using var response = await http.GetAsync(new Uri($"http://127.0.0.1:{port}/"));
+            return response.Headers.Server.ToString().StartsWith("Azurite", StringComparison.Ordinal) ? Listener.Azurite : Listener.Other;
         }
-        catch (SocketException)
+        catch (Exception e) when (e is HttpRequestException or TaskCanceledException)
         {
-            return false;
+            return Listener.None;
         }
     }
 
