@@ -11,7 +11,8 @@ public sealed class PerSampleGradientTests(TorchRuntimeFixture fixture, ITestOut
 {
     private static readonly PerSampleLoss Loss = SegmentationLosses.BceDice();
 
-    private static (UNet2d Model, Tensor X, Tensor Y) Setup(UNetConfig config, int samples, int size, long seed)
+    /// <summary>A float64 model with non-trivial GroupNorm affines and a random batch (also used by <see cref="TrainableSubsetTests"/>).</summary>
+    internal static (UNet2d Model, Tensor X, Tensor Y) Setup(UNetConfig config, int samples, int size, long seed)
     {
         var generator = new Generator((ulong)seed);
         var model = new UNet2d(config, ScalarType.Float64, generator: generator);

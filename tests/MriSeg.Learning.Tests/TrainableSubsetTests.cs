@@ -18,22 +18,8 @@ public sealed class TrainableSubsetTests(TorchRuntimeFixture fixture, ITestOutpu
 
     private static readonly string[] NormsBiasesHead = ["*.conv.1.", "*.conv.4.", "*.bias", "out_conv."];
 
-    private static (UNet2d Model, Tensor X, Tensor Y) Setup(UNetConfig config, int samples, int size, long seed)
-    {
-        var generator = new Generator((ulong)seed);
-        var model = new UNet2d(config, ScalarType.Float64, generator: generator);
-        using (no_grad())
-        {
-            foreach (var (_, p) in model.named_parameters().Where(p => p.name.Contains(".conv.1.", StringComparison.Ordinal) || p.name.Contains(".conv.4.", StringComparison.Ordinal)))
-            {
-                p.add_(randn(p.shape, ScalarType.Float64, generator: generator) * 0.1);
-            }
-        }
-
-        var x = randn([samples, config.InChannels, size, size], ScalarType.Float64, generator: generator).DetachFromDisposeScope();
-        var y = rand([samples, config.OutChannels, size, size], ScalarType.Float64, generator: generator).gt(0.6).to(ScalarType.Float64).DetachFromDisposeScope();
-        return (model, x, y);
-    }
+    private static (UNet2d Model, Tensor X, Tensor Y) Setup(UNetConfig config, int samples, int size, long seed) =>
+        PerSampleGradientTests.Setup(config, samples, size, seed);
 
     [Fact]
     public void Patterns_select_by_prefix_and_wildcard_and_one_that_matches_nothing_is_an_error()

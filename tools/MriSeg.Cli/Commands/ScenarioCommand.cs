@@ -59,6 +59,8 @@ internal static class ScenarioCommand
         app.SetAction(run, async (context, ct) =>
         {
             var realData = (context.GetValue(data) ?? []).Select(ParseData).ToList();
+            var pipelinePath = context.GetValue(pipeline);
+            var pipelineJson = pipelinePath is null ? null : ReadPipeline(pipelinePath);
             var options = new ScenarioOptions
             {
                 Hospitals = realData.Count > 0 ? realData
@@ -70,14 +72,14 @@ internal static class ScenarioCommand
                 Epsilon = context.GetValue(epsilon),
                 Delta = context.GetValue(delta),
                 Epochs = context.GetValue(epochs),
-                PipelineJson = context.GetValue(pipeline) is { } file ? ReadPipeline(file) : null,
+                PipelineJson = pipelineJson,
                 SegmentCase = context.GetValue(segment),
                 OutputDirectory = context.GetValue(output)!,
                 Consumer = context.GetValue(consumer)!,
                 RunId = context.GetValue(runId),
                 KeepPlaintext = context.GetValue(keep),
                 ConsumerKeyPath = context.GetValue(partyKey) is { } keyPath ? Path.GetFullPath(keyPath) : null,
-                BaseModelDirectory = BaseModel(context.GetValue(baseModel), context.GetValue(pipeline)),
+                BaseModelDirectory = BaseModel(context.GetValue(baseModel), pipelinePath, pipelineJson),
             };
             try
             {
@@ -146,14 +148,14 @@ internal static class ScenarioCommand
     }
 
     /// <summary>--base-model, else the --pipeline's base_model (resolved as <c>mriseg train</c> resolves it), else none.</summary>
-    private static string? BaseModel(string? given, string? pipelinePath)
+    private static string? BaseModel(string? given, string? pipelinePath, string? pipelineJson)
     {
         if (given is not null)
         {
             return Directory.Exists(given) ? Path.GetFullPath(given) : throw new CliException($"--base-model {given}: no such folder");
         }
 
-        if (pipelinePath is null || MriSeg.Learning.Training.TrainingConfig.Load(pipelinePath) is not { BaseModel: not null } config)
+        if (pipelineJson is null || MriSeg.Learning.Training.TrainingConfig.FromJson(pipelineJson) is not { BaseModel: not null } config)
         {
             return null;
         }
