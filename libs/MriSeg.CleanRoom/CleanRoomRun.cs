@@ -536,7 +536,7 @@ public sealed class CleanRoomRun(IPackageSource packages, ISignerDirectory signe
                 s.Report(V1.RunPhase.Evaluating, $"evaluating on {split.Test.Count} held-out patients", epochs, epochs, training.Steps, plan.PlannedSteps,
                     lastLoss, lastDice, training.Privacy?.Epsilon, bound.Privacy.Epsilon, bound.Privacy.Delta, training.SamplesPerSecond);
                 using var activity = Activities.StartActivity("cleanroom.evaluating");
-                var test = split.Test.Count > 0 ? SegmentationEvaluator.Evaluate(training.Model, data.SelectPatients(split.Test)) : null;
+                var test = split.Test.Count > 0 ? SegmentationEvaluator.Evaluate(training.Model, data.SelectPatients(split.Test), bound.Evaluation.ToOptions()) : null;
                 return new LocalTrainingResult(training, split, test, DatasetSchema.Of(data));
             }
             catch

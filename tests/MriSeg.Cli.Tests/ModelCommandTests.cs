@@ -110,6 +110,24 @@ public sealed class ModelCommandTests : IDisposable
     }
 
     [Fact]
+    public async Task Segment_removes_the_regions_the_models_recipe_calls_too_small()
+    {
+        // A model that predicts every pixel: on the model's 32x32 grid each slice is one region of 1,024 pixels.
+        var caseFolder = PhantomCase();
+        async Task<long> VoxelsAsync(int minRegionPixels)
+        {
+            var model = Path.Combine(_temp.Path, $"model-{minRegionPixels}");
+            TinyModelFolder.Write(model, ["flair", "t1"], headBias: 100, evaluation: new() { MinRegionPixels = minRegionPixels });
+            var run = await CliRun.RunAsync("segment", "--model", model, "--input", caseFolder, "--out", Path.Combine(_temp.Path, $"mask-{minRegionPixels}.nii.gz"), "--json");
+            Assert.True(run.ExitCode == 0, run.ToString());
+            return Assert.Single(run.Json().GetProperty("regions").EnumerateArray()).GetProperty("voxels").GetInt64();
+        }
+
+        Assert.True(await VoxelsAsync(1024) > 0);
+        Assert.Equal(0, await VoxelsAsync(1025));
+    }
+
+    [Fact]
     public async Task Segment_refuses_bad_arguments_in_one_line_before_doing_any_work()
     {
         var model = ModelFolder();

@@ -229,6 +229,7 @@ public sealed class QualityEvaluationTests(TorchRuntimeFixture fixture)
     [InlineData("""{ "preprocessing": { "labels": "et" } }""", "preprocessing")]
     [InlineData("""{ "preprocessing": { "tumour_free_share": 2 } }""", "tumour-free share")]
     [InlineData("""{ "evaluation": { "threshold": 1 } }""", "evaluation.threshold")]
+    [InlineData("""{ "evaluation": { "min_region_pixels": -1 } }""", "evaluation.min_region_pixels")]
     public void Bad_preprocessing_or_evaluation_settings_are_refused(string json, string expected)
     {
         var e = Assert.ThrowsAny<Exception>(() => TrainingConfig.FromJson(json));

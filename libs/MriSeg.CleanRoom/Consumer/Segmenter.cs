@@ -175,7 +175,7 @@ public sealed class Segmenter : IDisposable
             // Probabilities per slice, back to the input grid.
             var channels = Manifest.Input.LabelChannels;
             var masks = channels.Select(_ => new byte[grid.Count]).ToArray();
-            var probabilities = Predict(data);
+            var probabilities = Predict(data, threshold);
             var size = data.Height;
             for (var s = 0; s < data.Count; s++)
             {
@@ -241,8 +241,13 @@ public sealed class Segmenter : IDisposable
 
     private IReadOnlyList<Modality> Modalities() => PreprocessOptions.ParseModalities(string.Join(',', Manifest.Input.Modalities));
 
-    private float[] Predict(SliceDataset data)
+    /// <summary>
+    /// Probabilities on the model's grid, with the model's recipe's test-time mirror averaging and its small-region
+    /// removal (<see cref="EvaluationConfig"/>), so that a segmentation is what the recipe's evaluation scored.
+    /// </summary>
+    private float[] Predict(SliceDataset data, double threshold)
     {
+        var evaluation = Manifest.Training?.Config?.Evaluation ?? new EvaluationConfig();
         var k = _model.Config.OutChannels;
         var result = new float[data.Count * k * data.Plane];
         var per = data.Channels * data.Plane;
@@ -252,9 +257,11 @@ public sealed class Segmenter : IDisposable
             using var scope = NewDisposeScope();
             var n = Math.Min(BatchSize, data.Count - start);
             var x = tensor(data.Images.AsSpan(start * per, n * per).ToArray(), [n, data.Channels, data.Height, data.Width]).to(_model.ParameterDType, _model.ParameterDevice);
-            var p = (_model.Config.FinalActivation == UNetOutput.Logits ? _model.ForwardLogits(x).sigmoid() : _model.forward(x)).to(ScalarType.Float32).cpu();
+            var p = Learning.Metrics.SegmentationEvaluator.Probabilities(_model, x, evaluation.MirrorAveraging).to(ScalarType.Float32).cpu();
             p.data<float>().CopyTo(result, start * k * data.Plane);
         }
+
+        Learning.Metrics.SmallRegions.SuppressEach(result, data.Height, data.Width, threshold, evaluation.MinRegionPixels);
 
         return result;
     }

@@ -19,6 +19,12 @@ public sealed record EvaluationOptions
 
     /// <summary>Test-time augmentation: average the probabilities of the slice and its left-right mirror.</summary>
     public bool MirrorAveraging { get; init; }
+
+    /// <summary>
+    /// Post-processing: foreground regions (8-connected in a slice, per label channel) with fewer pixels than this are
+    /// removed (<see cref="SmallRegions"/>); 0 keeps every region.
+    /// </summary>
+    public int MinRegionPixels { get; init; }
 }
 
 /// <summary>One patient's scores, per label channel. Stays inside the clean room: only means leave it.</summary>
@@ -123,6 +129,8 @@ public static class SegmentationEvaluator
             throw new ArgumentOutOfRangeException(nameof(options), options.Threshold, "the threshold must be in (0, 1).");
         }
 
+        ArgumentOutOfRangeException.ThrowIfNegative(options.MinRegionPixels);
+
         if (data.Channels != model.Config.InChannels || data.LabelChannels != model.Config.OutChannels)
         {
             throw new ArgumentException(
@@ -139,14 +147,14 @@ public static class SegmentationEvaluator
             using var scope = NewDisposeScope();
             var n = Math.Min(options.BatchSize, data.Count - start);
             var x = Training.SliceTensors.Images(data, Enumerable.Range(start, n).ToList()).to(dtype, device);
-            var probabilities = Probabilities(model, x);
-            if (options.MirrorAveraging)
+            var probabilities = Probabilities(model, x, options.MirrorAveraging).to(ScalarType.Float32).cpu();
+            var values = probabilities.data<float>().ToArray();
+            SmallRegions.SuppressEach(values, data.Height, data.Width, options.Threshold, options.MinRegionPixels);
+            var batch = masks.AsSpan(start * maskValues, n * maskValues);
+            for (var i = 0; i < values.Length; i++)
             {
-                probabilities = (probabilities + Probabilities(model, x.flip(3)).flip(3)) / 2;
+                batch[i] = values[i] > options.Threshold ? (byte)1 : (byte)0;
             }
-
-            var predicted = probabilities.gt(options.Threshold).to(ScalarType.Byte).cpu();
-            predicted.bytes.CopyTo(masks.AsSpan(start * maskValues, n * maskValues));
         }
 
         return masks;
@@ -213,6 +221,18 @@ public static class SegmentationEvaluator
 
         var patients = scores.OfType<PatientScores>().ToList();
         return new EvaluationResult(MetricSummary.From(patients, data.Labels.Channels()), patients);
+    }
+
+    /// <summary>
+    /// The model's probabilities [N, K, H, W] for images <paramref name="x"/> [N, C, H, W]; with
+    /// <paramref name="mirrorAveraging"/>, averaged with those of the left-right mirrored images (mirrored back).
+    /// </summary>
+    public static Tensor Probabilities(UNet2d model, Tensor x, bool mirrorAveraging)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        ArgumentNullException.ThrowIfNull(x);
+        var probabilities = Probabilities(model, x);
+        return mirrorAveraging ? (probabilities + Probabilities(model, x.flip(3)).flip(3)) / 2 : probabilities;
     }
 
     private static Tensor Probabilities(UNet2d model, Tensor x) => model.Config.FinalActivation switch

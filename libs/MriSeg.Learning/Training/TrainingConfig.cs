@@ -213,9 +213,15 @@ public sealed record EvaluationConfig
     /// <summary>Test-time augmentation: average the probabilities of each slice and of its left-right mirror.</summary>
     public bool MirrorAveraging { get; init; }
 
+    /// <summary>
+    /// Post-processing: predicted regions (8-connected in a slice) of fewer pixels of the recipe's grid than this are
+    /// removed before scoring and in segmentations (<see cref="Metrics.SmallRegions"/>); 0 (default) keeps them all.
+    /// </summary>
+    public int MinRegionPixels { get; init; }
+
     /// <summary>The evaluator's options.</summary>
     public Metrics.EvaluationOptions ToOptions(bool computeHd95 = true) =>
-        new() { Threshold = Threshold, MirrorAveraging = MirrorAveraging, ComputeHd95 = computeHd95 };
+        new() { Threshold = Threshold, MirrorAveraging = MirrorAveraging, MinRegionPixels = MinRegionPixels, ComputeHd95 = computeHd95 };
 }
 
 /// <summary>
@@ -346,6 +352,7 @@ public sealed record TrainingConfig
 
         var e = Evaluation ?? throw new ArgumentException("invalid training configuration: evaluation is null.");
         Require(e.Threshold > 0 && e.Threshold < 1, $"evaluation.threshold must be in (0, 1), got {F(e.Threshold)}.");
+        Require(e.MinRegionPixels >= 0, $"evaluation.min_region_pixels must not be negative, got {e.MinRegionPixels}.");
         var p = Privacy ?? throw new ArgumentException("invalid training configuration: privacy is null.");
         Require(Enum.IsDefined(p.Mode), "privacy.mode must be dp or non_private.");
         if (p.Mode == PrivacyMode.Dp)

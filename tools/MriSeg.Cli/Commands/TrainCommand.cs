@@ -107,9 +107,14 @@ internal static class TrainCommand
         var device = DeviceOption();
         var threshold = new Option<double?>("--threshold") { Description = "Probability above which a pixel is tumour (default: the recipe's, 0.5).", HelpName = "T" };
         var mirror = new Option<bool?>("--mirror-averaging") { Description = "Average each slice's prediction with its left-right mirror's (default: the recipe's).", HelpName = "true|false" };
+        var minRegion = new Option<int?>("--min-region-pixels")
+        {
+            Description = "Remove predicted regions (8-connected in a slice) of fewer pixels than this; 0 keeps all (default: the recipe's).",
+            HelpName = "N",
+        };
         var command = new Command("evaluate", "Score a model on every patient: whole-tumour Dice (BraTS convention), IoU and HD95, means over patients.")
         {
-            model, data, device, threshold, mirror,
+            model, data, device, threshold, mirror, minRegion,
         };
         app.SetAction(command, async (context, cancellationToken) =>
         {
@@ -117,6 +122,11 @@ internal static class TrainCommand
             if (context.GetValue(threshold) is { } given && !(given > 0 && given < 1))
             {
                 throw new CliException("--threshold must be in (0, 1)");
+            }
+
+            if (context.GetValue(minRegion) is < 0)
+            {
+                throw new CliException("--min-region-pixels must not be negative");
             }
 
             if (!File.Exists(Path.Combine(folder, MriSeg.Learning.Model.UNetModelFile.WeightsFileName)))
@@ -139,6 +149,7 @@ internal static class TrainCommand
             var evaluation = recipe?.Evaluation ?? new EvaluationConfig();
             var t = context.GetValue(threshold) ?? evaluation.Threshold;
             var mirrorAveraging = context.GetValue(mirror) ?? evaluation.MirrorAveraging;
+            var minRegionPixels = context.GetValue(minRegion) ?? evaluation.MinRegionPixels;
             // Shards are checked only against a recipe's explicit preprocessing (older models, and models trained on shards
             // without one, are checked on modalities and size below, as before).
             var dataset = await LoadDataAsync(context, context.GetValue(data)!, manifest?.EffectivePreprocessing(), recipe?.Threads, cancellationToken,
@@ -173,7 +184,7 @@ internal static class TrainCommand
                     try
                     {
                         return MriSeg.Learning.Metrics.SegmentationEvaluator.Evaluate(
-                            unet, dataset, new MriSeg.Learning.Metrics.EvaluationOptions { Threshold = t, MirrorAveraging = mirrorAveraging });
+                            unet, dataset, new MriSeg.Learning.Metrics.EvaluationOptions { Threshold = t, MirrorAveraging = mirrorAveraging, MinRegionPixels = minRegionPixels });
                     }
                     catch (ArgumentException e)
                     {
@@ -184,7 +195,7 @@ internal static class TrainCommand
             var s = result.Summary;
             var tumourFree = result.Patients.Count(p => !p.HasTumour);
             context.Output.WriteResult(
-                new EvaluateResult(s.Dice, s.IoU, s.Hd95, s.Patients, s.Slices, tumourFree, s.DiceStd, s.Channels, s.DicePerChannel, s.MeanChannelDice, t, mirrorAveraging),
+                new EvaluateResult(s.Dice, s.IoU, s.Hd95, s.Patients, s.Slices, tumourFree, s.DiceStd, s.Channels, s.DicePerChannel, s.MeanChannelDice, t, mirrorAveraging, minRegionPixels),
                 (console, r) => console.MarkupLine(Markup.Escape(
                     string.Create(CultureInfo.InvariantCulture,
                         $"{r.Patients} patients ({r.TumourFreePatients} without tumour), {r.Slices} slices: whole-tumour Dice {r.Dice:0.0000} (sd {r.DiceStd:0.000} over patients), IoU {r.Iou:0.0000}, HD95 {r.Hd95:0.00} px (means over patients; a tumour-free patient scores 1 only if nothing is predicted)"))),
@@ -201,7 +212,7 @@ internal static class TrainCommand
     /// </summary>
     internal sealed record EvaluateResult(
         double Dice, double Iou, double Hd95, int Patients, int Slices, int TumourFreePatients, double DiceStd, IReadOnlyList<string> Channels,
-        IReadOnlyList<double> DicePerChannel, double MeanChannelDice, double Threshold, bool MirrorAveraging);
+        IReadOnlyList<double> DicePerChannel, double MeanChannelDice, double Threshold, bool MirrorAveraging, int MinRegionPixels);
 
     internal static TrainingConfig BuildConfig(string? path, double? epsilon, double? delta, bool nonPrivate, double? epochs, int? batch, ulong? seed)
     {
