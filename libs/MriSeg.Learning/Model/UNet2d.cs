@@ -89,7 +89,21 @@ public sealed class UNet2d : nn.Module<Tensor, Tensor>
     }
 
     /// <summary>The parameters that require a gradient, in layout order.</summary>
-    public IReadOnlyList<Parameter> TrainableParameters() => [.. parameters().Where(p => p.requires_grad)];
+    public IReadOnlyList<Parameter> TrainableParameters() => NamedTrainableParameters().Parameters;
+
+    /// <summary>The parameters that require a gradient with their layout names, in layout order; at least one.</summary>
+    /// <exception cref="InvalidOperationException">Every parameter is frozen.</exception>
+    public (string[] Names, Parameter[] Parameters) NamedTrainableParameters()
+    {
+        var parameters = OrderedParameters();
+        var chosen = Enumerable.Range(0, parameters.Count).Where(i => parameters[i].requires_grad).ToArray();
+        if (chosen.Length == 0)
+        {
+            throw new InvalidOperationException("the model has no trainable parameter (every parameter is frozen).");
+        }
+
+        return ([.. chosen.Select(i => _layout.ParameterNames[i])], [.. chosen.Select(i => parameters[i])]);
+    }
 
     /// <summary>Dtype of the parameters.</summary>
     public ScalarType ParameterDType => parameters().First().dtype;

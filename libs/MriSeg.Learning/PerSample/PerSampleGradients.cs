@@ -43,7 +43,7 @@ public static class PerSampleGradients
         ArgumentNullException.ThrowIfNull(grouping);
         ArgumentNullException.ThrowIfNull(loss);
         var parameters = model.OrderedParameters();
-        var (names, trainable) = Trainable(model);
+        var (names, trainable) = model.NamedTrainableParameters();
         var shapes = trainable.Select(p => p.shape).ToArray();
         CheckBatch(model, inputs, targets, grouping, parameters[0]);
         if (grouping.GroupCount == 0)
@@ -58,20 +58,6 @@ public static class PerSampleGradients
             names, shapes, [.. grads.Select(g => g.DetachFromDisposeScope())], groupLosses.DetachFromDisposeScope(), grouping);
     }
 
-    /// <summary>The names and parameters that require a gradient, in layout order; at least one.</summary>
-    internal static (string[] Names, Tensor[] Parameters) Trainable(UNet2d model)
-    {
-        var parameters = model.OrderedParameters();
-        var names = model.Layout.ParameterNames;
-        var chosen = Enumerable.Range(0, parameters.Count).Where(i => parameters[i].requires_grad).ToArray();
-        if (chosen.Length == 0)
-        {
-            throw new InvalidOperationException("the model has no trainable parameter (every parameter is frozen).");
-        }
-
-        return ([.. chosen.Select(i => names[i])], [.. chosen.Select(i => (Tensor)parameters[i])]);
-    }
-
     /// <summary>
     /// The same result by micro-batching: one forward and backward pass per group on the unfolded
     /// model. G times slower; the reference the folded method is tested against.
@@ -84,7 +70,7 @@ public static class PerSampleGradients
         ArgumentNullException.ThrowIfNull(grouping);
         ArgumentNullException.ThrowIfNull(loss);
         var parameters = model.OrderedParameters();
-        var (names, trainable) = Trainable(model);
+        var (names, trainable) = model.NamedTrainableParameters();
         CheckBatch(model, inputs, targets, grouping, parameters[0]);
         using var scope = NewDisposeScope();
         var perGroup = new List<Tensor[]>();
