@@ -79,11 +79,13 @@ public sealed class PerSampleGradientTests(TorchRuntimeFixture fixture, ITestOut
         Assert.All(model.OrderedParameters(), p => Assert.True(p.grad is null || p.grad.eq(0).all().item<bool>()));
     }
 
-    [Fact]
-    public void Deepest_layers_take_the_shared_weight_path_and_still_match()
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void Deepest_layers_take_the_shared_weight_path_and_still_match(bool weightStandardisation)
     {
         using var scope = NewDisposeScope();
-        var config = UNetTests.Tiny with { Depth = 3 };
+        var config = UNetTests.Tiny with { Depth = 3, WeightStandardisation = weightStandardisation };
 
         // 16x16 input, two slots per group: the bottleneck runs at 2x2 with 64 channels, level 0 at 16x16 with 8.
         Assert.True(SharedWeightConv.Pays(zeros(2, 1, 2, 2), config.Widths[^1]));

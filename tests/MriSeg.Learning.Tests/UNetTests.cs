@@ -110,6 +110,36 @@ public sealed class UNetTests(TorchRuntimeFixture fixture)
         Assert.False(y.isnan().any().item<bool>());
     }
 
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void Weight_standardisation_makes_a_normalised_convolution_blind_to_its_weights_offset_and_scale(bool standardised)
+    {
+        using var scope = NewDisposeScope();
+        var config = Tiny with { WeightStandardisation = standardised };
+        using var a = new UNet2d(config, ScalarType.Float64, generator: new Generator(5));
+        using var b = new UNet2d(config, ScalarType.Float64, generator: new Generator(5));
+        var layer = UNetLayout.For(config).Layers.ToList().FindIndex(l => l.Name == "down_convs.0.conv.0");
+        using (no_grad())
+        {
+            // Per output channel: w -> 3·w + offset. A GroupNorm follows this convolution.
+            var weight = b.OrderedParameters()[2 * layer];
+            weight.mul_(3).add_(randn([weight.shape[0], 1, 1, 1], ScalarType.Float64, generator: new Generator(6)));
+        }
+
+        var x = randn([2, 2, 16, 16], ScalarType.Float64, generator: new Generator(7));
+        var difference = (a.ForwardLogits(x) - b.ForwardLogits(x)).abs().max().item<double>();
+        if (standardised)
+        {
+            // Only the 1e-5 under the variance is not scale-free.
+            Assert.True(difference < 1e-3, $"outputs differ by {difference}");
+        }
+        else
+        {
+            Assert.True(difference > 1e-2, $"outputs differ by only {difference}");
+        }
+    }
+
     [Fact]
     public void Bad_inputs_are_refused_with_the_reason()
     {

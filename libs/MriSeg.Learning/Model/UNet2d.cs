@@ -105,6 +105,9 @@ public sealed class UNet2d : nn.Module<Tensor, Tensor>
         return ([.. chosen.Select(i => _layout.ParameterNames[i])], [.. chosen.Select(i => parameters[i])]);
     }
 
+    /// <summary>The ε under the variance of <see cref="UNetConfig.WeightStandardisation"/>.</summary>
+    internal const double WeightStandardisationEps = 1e-5;
+
     /// <summary>Dtype of the parameters.</summary>
     public ScalarType ParameterDType => parameters().First().dtype;
 
@@ -181,6 +184,13 @@ public sealed class UNet2d : nn.Module<Tensor, Tensor>
         Tensor Conv(Tensor t, int layer)
         {
             var (weight, bias) = (p[2 * layer], p[(2 * layer) + 1]);
+            if (c.WeightStandardisation && layer + 1 < layout.Layers.Count && layout.Layers[layer + 1].Kind == UNetLayerKind.GroupNorm)
+            {
+                // Per output channel, so G folded copies standardise exactly as the one unfolded weight does.
+                var (variance, mean) = weight.var_mean([1, 2, 3], unbiased: false, keepdim: true);
+                weight = (weight - mean) / (variance + WeightStandardisationEps).sqrt();
+            }
+
             if (Shared(layer, 0))
             {
                 var y = Refold(F.conv2d(Unfold(t), weight, Shared(layer, 1) ? bias : null, strides: one, padding: one, dilation: one, groups: 1));

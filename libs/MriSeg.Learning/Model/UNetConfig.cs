@@ -103,6 +103,13 @@ public sealed record UNetConfig
     /// <summary>GroupNorm epsilon.</summary>
     public double GroupNormEps { get; init; } = 1e-5;
 
+    /// <summary>
+    /// Weight standardisation (Qiao et al. 2019): every convolution that a GroupNorm follows uses its weight
+    /// standardised per output channel, (w − mean) / √(var + 1e-5) over its inputs and 3x3 taps. The stored weights
+    /// stay raw, so a model trained with it must be run with it; off in the reference.
+    /// </summary>
+    public bool WeightStandardisation { get; init; }
+
     /// <summary>Non-linearity.</summary>
     public UNetActivation Activation { get; init; } = UNetActivation.LeakyRelu;
 
