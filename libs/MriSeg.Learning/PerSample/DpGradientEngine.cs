@@ -129,7 +129,7 @@ public sealed class DpGradientEngine : IDisposable
         ArgumentOutOfRangeException.ThrowIfNegative(chunkCount);
         ArgumentNullException.ThrowIfNull(chunk);
         // Only the trainable parameters (requires_grad; UNet2d.SetTrainable) are clipped, noised and given a .grad.
-        IReadOnlyList<Tensor> parameters = _model.NamedTrainableParameters().Parameters;
+        IReadOnlyList<Tensor> parameters = _model.TrainableParameters();
         var c = Settings.ClipNorm;
         var views = GradientViews(parameters);
         using (no_grad())
