@@ -83,7 +83,9 @@ public sealed class QualityCommandTests : IDisposable
     {
         var (a, b, recipe) = await InputsAsync();
         var report = Path.Combine(_folder.Path, "out", "quality.md");
-        var run = await CliRun.RunAsync("bench", "quality", "--data", $"{a},{b}", "--folds", "3", "--recipes", recipe, "--out", report, "--device", "cpu", "--json");
+        var kept = Path.Combine(_folder.Path, "folds");
+        var run = await CliRun.RunAsync(
+            "bench", "quality", "--data", $"{a},{b}", "--folds", "3", "--recipes", recipe, "--out", report, "--keep-models", kept, "--device", "cpu", "--json");
         Assert.True(run.ExitCode == 0, run.ToString());
         var json = run.Json();
         Assert.Equal(3, json.GetProperty("folds").GetInt32());
@@ -102,6 +104,23 @@ public sealed class QualityCommandTests : IDisposable
         Assert.Contains("| tiny | ε = 8, δ = 0.001 |", markdown, StringComparison.Ordinal);
         Assert.Contains("3-fold cross-validation", markdown, StringComparison.Ordinal);
         Assert.True(File.Exists(Path.ChangeExtension(report, ".json")));
+
+        // A kept fold model, scored on its own held-out patients, gives that fold's numbers again.
+        var heldOut = Path.Combine(kept, "tiny", "fold-1", "held-out-patients.txt");
+        var heldOutIds = await File.ReadAllLinesAsync(heldOut, TestContext.Current.CancellationToken);
+        Assert.Equal(folds[1].GetProperty("test_patients").GetInt32(), heldOutIds.Length);
+        var rescored = await CliRun.RunAsync("evaluate", "--model", Path.Combine(kept, "tiny", "fold-1"), "--data", $"{a},{b}", "--patients", heldOut, "--json");
+        Assert.True(rescored.ExitCode == 0, rescored.ToString());
+        Assert.Equal(heldOutIds.Length, rescored.Json().GetProperty("patients").GetInt32());
+        Assert.Equal(dice[1], rescored.Json().GetProperty("dice").GetDouble(), 12);
+        var allIds = new[] { 0, 1, 2 }.SelectMany(f => File.ReadAllLines(Path.Combine(kept, "tiny", $"fold-{f}", "held-out-patients.txt"))).ToList();
+        Assert.Equal(12, allIds.Distinct().Count());
+
+        var unknown = Path.Combine(_folder.Path, "unknown.txt");
+        await File.WriteAllLinesAsync(unknown, [heldOutIds[0], "no-such-patient"], TestContext.Current.CancellationToken);
+        var refused = await CliRun.RunAsync("evaluate", "--model", Path.Combine(kept, "tiny", "fold-1"), "--data", $"{a},{b}", "--patients", unknown);
+        Assert.Equal(1, refused.ExitCode);
+        Assert.Contains("no-such-patient", refused.Stderr, StringComparison.Ordinal);
 
         var bad = await CliRun.RunAsync("bench", "quality", "--data", a, "--folds", "3", "--recipes", "no-such-recipe", "--out", report);
         Assert.Equal(1, bad.ExitCode);

@@ -26,6 +26,9 @@ public sealed record FoldResult(
 /// </summary>
 public static class CrossValidation
 {
+    /// <summary>The file, in a kept fold model's folder, listing the fold's held-out patient IDs, one a line.</summary>
+    public const string HeldOutFileName = "held-out-patients.txt";
+
     /// <summary>
     /// Splits the patients of <paramref name="data"/> (those with at least one slice) into <paramref name="k"/> folds:
     /// stratified by whether a patient has tumour anywhere (each stratum shuffled with <paramref name="seed"/> and dealt
@@ -62,9 +65,12 @@ public static class CrossValidation
     /// <summary>
     /// Trains <paramref name="config"/> on every patient outside <paramref name="heldOut"/> (its
     /// <see cref="SplitConfig.ValidationFraction"/> of them for model selection, no test share) and scores the
-    /// held-out patients with the recipe's <see cref="TrainingConfig.Evaluation"/> settings.
+    /// held-out patients with the recipe's <see cref="TrainingConfig.Evaluation"/> settings. With
+    /// <paramref name="modelDirectory"/>, the fold's model is kept there as <c>mriseg train</c> writes one, with the
+    /// held-out patients' IDs in <see cref="HeldOutFileName"/>, so it can be re-scored (<c>mriseg evaluate --patients</c>).
     /// </summary>
-    public static FoldResult RunFold(SliceDataset data, TrainingConfig config, int fold, IReadOnlyList<int> heldOut, TrainingOptions? options = null)
+    public static FoldResult RunFold(
+        SliceDataset data, TrainingConfig config, int fold, IReadOnlyList<int> heldOut, TrainingOptions? options = null, string? modelDirectory = null)
     {
         ArgumentNullException.ThrowIfNull(data);
         ArgumentNullException.ThrowIfNull(config);
@@ -78,7 +84,15 @@ public static class CrossValidation
         var validation = split.Validation.Count > 0 ? restData.SelectPatients(split.Validation) : null;
         using var baseModel = options?.InitialModel is null ? TrainingData.LoadBaseModel(config) : null;
         using var training = SegmentationTrainer.Train(train, validation, config, baseModel is null ? options : (options ?? new TrainingOptions()) with { InitialModel = baseModel });
-        var test = SegmentationEvaluator.Evaluate(training.Model, data.SelectPatients(heldOut), config.Evaluation.ToOptions()).Summary;
+        var heldOutData = data.SelectPatients(heldOut);
+        var evaluation = SegmentationEvaluator.Evaluate(training.Model, heldOutData, config.Evaluation.ToOptions());
+        if (modelDirectory is not null)
+        {
+            TrainingOutputs.Write(modelDirectory, new LocalTrainingResult(training, split with { Test = heldOut }, evaluation, DatasetSchema.Of(data)));
+            File.WriteAllLines(Path.Combine(modelDirectory, HeldOutFileName), heldOutData.PatientIds);
+        }
+
+        var test = evaluation.Summary;
         return new FoldResult(fold, training.Plan.TrainingPatients, split.Validation.Count, test, training.Privacy?.Epsilon, training.Privacy?.Delta,
             training.Plan.NoiseMultiplier, training.Steps, training.TrainSeconds, clock.Elapsed.TotalSeconds);
     }

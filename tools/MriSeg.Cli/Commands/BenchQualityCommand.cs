@@ -42,10 +42,15 @@ internal static class BenchQualityCommand
         };
         var seed = new Option<ulong>("--seed") { Description = "Seed of the fold assignment.", HelpName = "S", DefaultValueFactory = _ => 1 };
         var onlyFolds = new Option<string?>("--only-folds") { Description = "Run only these folds (0-based, comma-separated), e.g. to spread a long benchmark over sessions.", HelpName = "i,j" };
+        var keepModels = new Option<string?>("--keep-models")
+        {
+            Description = "Keep each fold's model in DIR/<recipe>/fold-<i> (with its held-out patients' IDs) to re-score it with mriseg evaluate --patients.",
+            HelpName = "DIR",
+        };
         var device = TrainCommand.DeviceOption();
         var command = new Command("quality", "Patient-level K-fold cross-validation of training recipes: Dice, IoU, HD95 (mean ± std over folds) per recipe.")
         {
-            data, folds, recipes, output, seed, onlyFolds, device,
+            data, folds, recipes, output, seed, onlyFolds, keepModels, device,
         };
         app.SetAction(command, async (context, cancellationToken) =>
         {
@@ -69,6 +74,7 @@ internal static class BenchQualityCommand
             }
 
             var outPath = context.GetValue(output)!;
+            var modelsRoot = context.GetValue(keepModels);
             var chosen = TrainCommand.InitializeDevice(context.GetValue(device));
             var results = new List<RecipeResult>();
             var loaded = new Dictionary<string, SliceDataset>(StringComparer.Ordinal);
@@ -99,7 +105,10 @@ internal static class BenchQualityCommand
                     FoldResult r;
                     try
                     {
-                        r = await Task.Run(() => CrossValidation.RunFold(dataset, config, f, split[f], new TrainingOptions { Device = chosen, CancellationToken = cancellationToken }), cancellationToken);
+                        var modelDirectory = modelsRoot is null ? null : Path.Combine(modelsRoot, name, $"fold-{f}");
+                        r = await Task.Run(
+                            () => CrossValidation.RunFold(dataset, config, f, split[f], new TrainingOptions { Device = chosen, CancellationToken = cancellationToken }, modelDirectory),
+                            cancellationToken);
                     }
                     catch (ArgumentException e)
                     {

@@ -95,12 +95,40 @@ internal static class TrainCommand
         return command;
     }
 
+    /// <summary>The patients of <paramref name="dataset"/> that <paramref name="file"/> lists (one ID a line); every listed ID must be there.</summary>
+    internal static SliceDataset SelectListedPatients(SliceDataset dataset, string file)
+    {
+        string[] listed;
+        try
+        {
+            listed = [.. File.ReadAllLines(file).Select(l => l.Trim()).Where(l => l.Length > 0).Distinct(StringComparer.Ordinal)];
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new CliException($"--patients {file}: {e.Message}");
+        }
+
+        if (listed.Length == 0)
+        {
+            throw new CliException($"--patients {file}: lists no patient");
+        }
+
+        var index = dataset.PatientIds.Select((id, i) => (id, i)).ToDictionary(x => x.id, x => x.i, StringComparer.Ordinal);
+        var missing = listed.Where(id => !index.ContainsKey(id)).ToArray();
+        if (missing.Length > 0)
+        {
+            throw new CliException($"--patients {file}: {missing.Length} listed patient(s) not in the data, e.g. {missing[0]}");
+        }
+
+        return dataset.SelectPatients([.. listed.Select(id => index[id])]);
+    }
+
     public static Command CreateEvaluate(CliApp app)
     {
         var model = new Option<string>("--model") { Description = "Model folder (model.safetensors, and model.json or config.json).", Required = true, HelpName = "DIR" };
         var data = new Option<string>("--data")
         {
-            Description = "Dataset shards or raw case folders (pre-processed as the model's model.json says), comma-separated; every patient is scored.",
+            Description = "Dataset shards or raw case folders (pre-processed as the model's model.json says), comma-separated; every patient is scored unless --patients says which.",
             Required = true,
             HelpName = "SHARD|DIR[,...]",
         };
@@ -112,9 +140,14 @@ internal static class TrainCommand
             Description = "Remove predicted regions (8-connected in a slice) of fewer pixels than this; 0 keeps all (default: the recipe's).",
             HelpName = "N",
         };
+        var patients = new Option<string?>("--patients")
+        {
+            Description = "Score only the patients whose IDs this file lists, one a line (e.g. a bench quality fold's held-out-patients.txt).",
+            HelpName = "FILE",
+        };
         var command = new Command("evaluate", "Score a model on every patient: whole-tumour Dice (BraTS convention), IoU and HD95, means over patients.")
         {
-            model, data, device, threshold, mirror, minRegion,
+            model, data, device, threshold, mirror, minRegion, patients,
         };
         app.SetAction(command, async (context, cancellationToken) =>
         {
@@ -154,6 +187,11 @@ internal static class TrainCommand
             // without one, are checked on modalities and size below, as before).
             var dataset = await LoadDataAsync(context, context.GetValue(data)!, manifest?.EffectivePreprocessing(), recipe?.Threads, cancellationToken,
                 checkShards: recipe?.Preprocessing is not null);
+            if (context.GetValue(patients) is { } patientsFile)
+            {
+                dataset = SelectListedPatients(dataset, patientsFile);
+            }
+
             var chosen = InitializeDevice(context.GetValue(device));
 
             if (manifest is not null && !manifest.Input.Modalities.SequenceEqual(dataset.Modalities, StringComparer.OrdinalIgnoreCase))
