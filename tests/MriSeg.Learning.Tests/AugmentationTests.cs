@@ -73,6 +73,43 @@ public sealed class AugmentationTests(TorchRuntimeFixture fixture)
     }
 
     [Fact]
+    public void Elastic_deformation_is_a_smooth_displacement_bounded_by_its_magnitude()
+    {
+        using var scope = NewDisposeScope();
+        const int size = 48, n = 8;
+        const double magnitude = 3;
+
+        // Channels hold each pixel's own x and y (+1, so nothing is 0): bilinear sampling of a ramp returns the sampled
+        // position exactly, so output minus own position is the displacement the augmenter applied there.
+        var coordinates = arange(1, size + 1, dtype: ScalarType.Float32);
+        var xs = coordinates.view(1, 1, 1, size).expand(n, 1, size, size);
+        var ys = coordinates.view(1, 1, size, 1).expand(n, 1, size, size);
+        var images = cat([xs, ys], 1).contiguous();
+        var masks = (images[.., 0..1] > size / 2).to(ScalarType.Float32);
+        var config = AugmentationConfig.None with { ElasticPixels = magnitude, ElasticControlPoints = 4 };
+        var (ax, ay) = new SliceAugmenter(config, 7).Apply(images, masks);
+
+        var inner = 5..(size - 5); // away from the edges, where sampling may leave the field of view
+        var displacement = (ax - images)[.., .., inner, inner];
+        var largest = displacement.abs().max().item<float>();
+        Assert.InRange(largest, 0.3 * magnitude, 1.3 * magnitude); // it moves pixels, by about the configured amount at most (bicubic may overshoot a little)
+        Assert.True(displacement.abs().mean().item<float>() > 0.1 * magnitude, "hardly anything moved");
+
+        // Smooth: neighbouring pixels move almost alike (the field varies over control points 16 pixels apart).
+        var stepX = (displacement[.., .., .., 1..] - displacement[.., .., .., ..^1]).abs().max().item<float>();
+        var stepY = (displacement[.., .., 1.., ..] - displacement[.., .., ..^1, ..]).abs().max().item<float>();
+        Assert.True(Math.Max(stepX, stepY) < 0.5 * magnitude, $"neighbours differ by up to {Math.Max(stepX, stepY)} px");
+
+        // The mask moves with the image and stays binary; every slice draws its own field; a seed repeats its draws.
+        Assert.True((ay.eq(0) | ay.eq(1)).all().item<bool>());
+        var maskFollows = ay[.., 0, inner, inner].eq((ax[.., 0, inner, inner] > (size / 2) + 0.5).to(ScalarType.Float32)).to(ScalarType.Float32).mean().item<float>();
+        Assert.True(maskFollows > 0.97f, $"the mask agrees with the warped image on only {maskFollows:P1} of pixels");
+        Assert.False(displacement[0].allclose(displacement[1]));
+        var (again, _) = new SliceAugmenter(config, 7).Apply(images, masks);
+        Assert.True(again.equal(ax).all().item<bool>());
+    }
+
+    [Fact]
     public void Intensity_jitter_is_a_per_channel_gain_and_offset_on_brain_pixels()
     {
         using var scope = NewDisposeScope();

@@ -4,8 +4,9 @@ using F = TorchSharp.torch.nn.functional;
 namespace MriSeg.Learning.Training;
 
 /// <summary>
-/// Random per-slice augmentation on a batch: one affine resampling (flips, rotation, isotropic scale; bilinear for
-/// images, nearest for masks, zero outside the field of view) and a per-channel intensity gain and offset on brain
+/// Random per-slice augmentation on a batch: one resampling (flips, rotation, isotropic scale and, when on, a smooth
+/// elastic displacement field; bilinear for images, nearest for masks, zero outside the field of view) and a
+/// per-channel intensity gain and offset on brain
 /// pixels (where any channel is non-zero; the background stays 0 as pre-processing leaves it). Each slice of the
 /// batch, including each augmented copy of the same slice, draws its own parameters.
 /// </summary>
@@ -36,9 +37,8 @@ public sealed class SliceAugmenter
         }
 
         var (n, c, h, w) = (images.shape[0], images.shape[1], images.shape[2], images.shape[3]);
-        var geometric = _config.HorizontalFlip || _config.VerticalFlip || _config.RotationDegrees > 0 || _config.Scale > 0;
         Tensor outImages = images, outMasks = masks;
-        if (geometric)
+        if (_config.IsGeometric)
         {
             var theta = new float[n * 6];
             for (var i = 0; i < n; i++)
@@ -58,6 +58,11 @@ public sealed class SliceAugmenter
 
             var t = tensor(theta, [n, 2, 3]).to(images.dtype, images.device);
             var grid = F.affine_grid(t, [n, c, h, w], align_corners: false);
+            if (_config.ElasticPixels > 0)
+            {
+                grid += ElasticField(n, h, w).to(images.dtype, images.device);
+            }
+
             outImages = F.grid_sample(images, grid, GridSampleMode.Bilinear, GridSamplePaddingMode.Zeros, align_corners: false);
             outMasks = F.grid_sample(masks, grid.to(masks.dtype), GridSampleMode.Nearest, GridSamplePaddingMode.Zeros, align_corners: false);
         }
@@ -79,5 +84,24 @@ public sealed class SliceAugmenter
         }
 
         return (ReferenceEquals(outImages, images) ? images.alias() : outImages, ReferenceEquals(outMasks, masks) ? masks.alias() : outMasks);
+    }
+
+    /// <summary>
+    /// A smooth random displacement per slice, [n, H, W, 2] in grid_sample's normalised (x, y) units: control points
+    /// uniform in ± <see cref="AugmentationConfig.ElasticPixels"/> pixels, interpolated bicubically over the slice.
+    /// </summary>
+    private Tensor ElasticField(long n, long h, long w)
+    {
+        var g = _config.ElasticControlPoints;
+        var points = new float[n * 2 * g * g];
+        for (var i = 0; i < points.Length; i++)
+        {
+            points[i] = (float)((2 * _random.NextDouble()) - 1);
+        }
+
+        // Pixels to normalised units: the field of view spans 2 over w (x) and over h (y) pixels.
+        var toNormalised = tensor(new[] { (float)(2 * _config.ElasticPixels / w), (float)(2 * _config.ElasticPixels / h) }, [1, 2, 1, 1]);
+        var coarse = tensor(points, [n, 2, g, g]) * toNormalised;
+        return F.interpolate(coarse, [h, w], mode: InterpolationMode.Bicubic, align_corners: true).permute(0, 2, 3, 1);
     }
 }

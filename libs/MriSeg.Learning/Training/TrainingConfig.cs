@@ -152,6 +152,16 @@ public sealed record AugmentationConfig
     /// <summary>Isotropic scaling uniform in 1 ± this.</summary>
     public double Scale { get; init; } = 0.1;
 
+    /// <summary>
+    /// Elastic deformation: the largest displacement, in pixels, of a smooth random field added to the affine
+    /// resampling (0: off). Each of <see cref="ElasticControlPoints"/>² control points moves uniformly in ± this along
+    /// each axis, and the field between them is bicubic.
+    /// </summary>
+    public double ElasticPixels { get; init; }
+
+    /// <summary>Control points per side of the elastic displacement field: fewer give smoother, larger-scale warps.</summary>
+    public int ElasticControlPoints { get; init; } = 4;
+
     /// <summary>Per-channel intensity gain uniform in 1 ± this (brain pixels only).</summary>
     public double IntensityScale { get; init; } = 0.1;
 
@@ -172,7 +182,11 @@ public sealed record AugmentationConfig
 
     /// <summary>True when any random transform is on.</summary>
     [JsonIgnore]
-    public bool IsEnabled => HorizontalFlip || VerticalFlip || RotationDegrees > 0 || Scale > 0 || IntensityScale > 0 || IntensityShift > 0;
+    public bool IsEnabled => IsGeometric || IntensityScale > 0 || IntensityShift > 0;
+
+    /// <summary>True when a transform moves pixels (flips, rotation, scale or elastic deformation).</summary>
+    [JsonIgnore]
+    public bool IsGeometric => HorizontalFlip || VerticalFlip || RotationDegrees > 0 || Scale > 0 || ElasticPixels > 0;
 }
 
 /// <summary>Validation during training.</summary>
@@ -385,6 +399,8 @@ public sealed record TrainingConfig
         var a = Augmentation ?? throw new ArgumentException("invalid training configuration: augmentation is null.");
         Require(a.RotationDegrees >= 0 && a.RotationDegrees <= 180, "augmentation.rotation_degrees must be in [0, 180].");
         Require(a.Scale >= 0 && a.Scale < 1, "augmentation.scale must be in [0, 1).");
+        Require(a.ElasticPixels >= 0 && a.ElasticPixels <= 64, "augmentation.elastic_pixels must be in [0, 64].");
+        Require(a.ElasticControlPoints is >= 2 and <= 64, $"augmentation.elastic_control_points must be 2..64, got {a.ElasticControlPoints}.");
         Require(a.IntensityScale >= 0 && a.IntensityScale < 1, "augmentation.intensity_scale must be in [0, 1).");
         Require(a.IntensityShift >= 0 && double.IsFinite(a.IntensityShift), "augmentation.intensity_shift must not be negative.");
         Require(a.Multiplicity is >= 1 and <= 64, $"augmentation.multiplicity must be 1..64, got {a.Multiplicity}.");
