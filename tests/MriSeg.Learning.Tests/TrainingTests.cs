@@ -354,6 +354,8 @@ public sealed class TrainingTests(TorchRuntimeFixture fixture, ITestOutputHelper
         Assert.Contains("privacy.delta", Assert.Throws<ArgumentException>(() => TrainingConfig.FromJson("""{ "privacy": { "delta": 2 } }""")).Message, StringComparison.Ordinal);
         Assert.Contains("multiplicity", Assert.Throws<ArgumentException>(() => TrainingConfig.FromJson("""{ "augmentation": { "multiplicity": 0 } }""")).Message, StringComparison.Ordinal);
         Assert.Contains("slice_reduction", Assert.Throws<ArgumentException>(() => TrainingConfig.FromJson("""{ "slice_reduction": "max" }""")).Message, StringComparison.Ordinal);
+        Assert.Contains("elastic_pixels", Assert.Throws<ArgumentException>(() => TrainingConfig.FromJson("""{ "augmentation": { "elastic_pixels": -1 } }""")).Message, StringComparison.Ordinal);
+        Assert.Contains("elastic_control_points", Assert.Throws<ArgumentException>(() => TrainingConfig.FromJson("""{ "augmentation": { "elastic_control_points": 1 } }""")).Message, StringComparison.Ordinal);
         Assert.Throws<FormatException>(() => TrainingConfig.FromJson("""{ "model": { "depth": 4, "widths": [1, 2] } }"""));
     }
 
