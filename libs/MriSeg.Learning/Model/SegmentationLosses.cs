@@ -28,6 +28,31 @@ public static class SegmentationLosses
         return 1 - dice.mean([1]);
     };
 
+    /// <summary>
+    /// 1 − soft Tversky index of sigmoid(logits) per channel, averaged over channels: TP / (TP + α·FP + β·FN) with
+    /// soft counts (Salehi et al. 2017). β &gt; α makes a missed tumour pixel cost more than a false alarm; α = β = ½
+    /// is soft Dice (with twice the smoothing).
+    /// </summary>
+    /// <param name="alpha">Weight of false positives.</param>
+    /// <param name="beta">Weight of false negatives.</param>
+    /// <param name="smooth">Added to numerator and denominator so empty masks give a finite, small loss.</param>
+    public static PerSampleLoss SoftTversky(double alpha, double beta, double smooth = 1.0) => (logits, targets) =>
+    {
+        var p = logits.sigmoid();
+        var truePositive = (p * targets).sum([2, 3]);
+        var falsePositive = (p * (1 - targets)).sum([2, 3]);
+        var falseNegative = ((1 - p) * targets).sum([2, 3]);
+        var index = (truePositive + smooth) / (truePositive + (alpha * falsePositive) + (beta * falseNegative) + smooth);
+        return 1 - index.mean([1]);
+    };
+
+    /// <summary>Binary cross-entropy plus soft Tversky with false negatives weighted <paramref name="beta"/> and false positives 1 − that.</summary>
+    public static PerSampleLoss BceTversky(double beta, double smooth = 1.0)
+    {
+        var tversky = SoftTversky(1 - beta, beta, smooth);
+        return (logits, targets) => BinaryCrossEntropy(logits, targets) + tversky(logits, targets);
+    }
+
     /// <summary>Binary cross-entropy plus soft Dice.</summary>
     public static PerSampleLoss BceDice(double smooth = 1.0)
     {

@@ -152,14 +152,19 @@ public static class SegmentationTrainer
     }
 
     /// <summary>The per-slice loss of a config.</summary>
-    public static PerSampleLoss Loss(LossKind kind) => kind switch
+    public static PerSampleLoss Loss(TrainingConfig config)
     {
-        LossKind.BceDice => SegmentationLosses.BceDice(),
-        LossKind.Dice => SegmentationLosses.SoftDice(),
-        LossKind.DiceL1 => SegmentationLosses.DiceL1(),
-        LossKind.Bce => SegmentationLosses.BinaryCrossEntropy,
-        _ => throw new ArgumentOutOfRangeException(nameof(kind), kind, null),
-    };
+        ArgumentNullException.ThrowIfNull(config);
+        return config.Loss switch
+        {
+            LossKind.BceDice => SegmentationLosses.BceDice(),
+            LossKind.Dice => SegmentationLosses.SoftDice(),
+            LossKind.DiceL1 => SegmentationLosses.DiceL1(),
+            LossKind.Bce => SegmentationLosses.BinaryCrossEntropy,
+            LossKind.BceTversky => SegmentationLosses.BceTversky(config.TverskyBeta),
+            _ => throw new ArgumentOutOfRangeException(nameof(config), config.Loss, "unknown loss"),
+        };
+    }
 
     /// <summary>
     /// The loss for K augmented copies per slice: a patient's gradient must average its copies, not add them. A mean
@@ -258,7 +263,7 @@ public static class SegmentationTrainer
 
             _evalModel = new UNet2d(config.Model!, ScalarType.Float32, _device);
             _optimizer = CreateOptimizer(_model, config.Optimizer);
-            _loss = WithMultiplicity(Loss(config.Loss), config.Reduction, config.Augmentation.Multiplicity);
+            _loss = WithMultiplicity(Loss(config), config.Reduction, config.Augmentation.Multiplicity);
             _ema = config.EmaDecay > 0 ? new WeightAverage(_model, config.EmaDecay) : null;
         }
 

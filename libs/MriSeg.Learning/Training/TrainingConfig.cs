@@ -69,6 +69,13 @@ public enum LossKind
     /// <summary>Binary cross-entropy alone.</summary>
     [JsonStringEnumMemberName("bce")]
     Bce,
+
+    /// <summary>
+    /// Binary cross-entropy + soft Tversky (Salehi et al. 2017): missed tumour pixels weigh
+    /// <see cref="TrainingConfig.TverskyBeta"/>, false alarms 1 − that (½ each is soft Dice).
+    /// </summary>
+    [JsonStringEnumMemberName("bce_tversky")]
+    BceTversky,
 }
 
 /// <summary>How each step sees a patient and what privacy it buys.</summary>
@@ -296,6 +303,9 @@ public sealed record TrainingConfig
     /// <summary>The loss.</summary>
     public LossKind Loss { get; init; } = LossKind.BceDice;
 
+    /// <summary>The weight of missed tumour pixels in the Tversky loss (<c>bce_tversky</c>); false alarms weigh 1 − this.</summary>
+    public double TverskyBeta { get; init; } = 0.7;
+
     /// <summary>The optimiser.</summary>
     public OptimizerConfig Optimizer { get; init; } = new();
 
@@ -404,6 +414,7 @@ public sealed record TrainingConfig
         Require(a.IntensityScale >= 0 && a.IntensityScale < 1, "augmentation.intensity_scale must be in [0, 1).");
         Require(a.IntensityShift >= 0 && double.IsFinite(a.IntensityShift), "augmentation.intensity_shift must not be negative.");
         Require(a.Multiplicity is >= 1 and <= 64, $"augmentation.multiplicity must be 1..64, got {a.Multiplicity}.");
+        Require(TverskyBeta > 0 && TverskyBeta < 1, $"tversky_beta must be in (0, 1), got {F(TverskyBeta)}.");
         Require(EmaDecay >= 0 && EmaDecay < 1, $"ema_decay must be in [0, 1), got {F(EmaDecay)}.");
         var v = Validation ?? throw new ArgumentException("invalid training configuration: validation is null.");
         Require(v.EveryEpochs >= 1, "validation.every_epochs must be at least 1.");
