@@ -160,9 +160,9 @@ public sealed record AugmentationConfig
     public double Scale { get; init; } = 0.1;
 
     /// <summary>
-    /// Elastic deformation: the largest displacement, in pixels, of a smooth random field added to the affine
-    /// resampling (0: off). Each of <see cref="ElasticControlPoints"/>² control points moves uniformly in ± this along
-    /// each axis, and the field between them is bicubic.
+    /// Elastic deformation: the displacement, in pixels, of a smooth random field added to the affine resampling
+    /// (0: off). Each of <see cref="ElasticControlPoints"/>² control points moves uniformly in ± this along each axis;
+    /// the field between them is bicubic (so it may overshoot a control point's displacement a little).
     /// </summary>
     public double ElasticPixels { get; init; }
 
