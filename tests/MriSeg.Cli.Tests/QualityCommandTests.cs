@@ -121,6 +121,9 @@ public sealed class QualityCommandTests : IDisposable
         var refused = await CliRun.RunAsync("evaluate", "--model", Path.Combine(kept, "tiny", "fold-1"), "--data", $"{a},{b}", "--patients", unknown);
         Assert.Equal(1, refused.ExitCode);
         Assert.Contains("no-such-patient", refused.Stderr, StringComparison.Ordinal);
+        var noFile = await CliRun.RunAsync("evaluate", "--model", Path.Combine(kept, "tiny", "fold-1"), "--data", $"{a},{b}", "--patients", Path.Combine(_folder.Path, "absent.txt"));
+        Assert.Equal(1, noFile.ExitCode);
+        Assert.Contains("absent.txt", noFile.Stderr, StringComparison.Ordinal);
 
         var bad = await CliRun.RunAsync("bench", "quality", "--data", a, "--folds", "3", "--recipes", "no-such-recipe", "--out", report);
         Assert.Equal(1, bad.ExitCode);

@@ -95,8 +95,8 @@ internal static class TrainCommand
         return command;
     }
 
-    /// <summary>The patients of <paramref name="dataset"/> that <paramref name="file"/> lists (one ID a line); every listed ID must be there.</summary>
-    internal static SliceDataset SelectListedPatients(SliceDataset dataset, string file)
+    /// <summary>The patient IDs a <c>--patients</c> file lists, one a line; read before the data so a bad file fails fast.</summary>
+    internal static string[] ReadPatientList(string file)
     {
         string[] listed;
         try
@@ -108,11 +108,12 @@ internal static class TrainCommand
             throw new CliException($"--patients {file}: {e.Message}");
         }
 
-        if (listed.Length == 0)
-        {
-            throw new CliException($"--patients {file}: lists no patient");
-        }
+        return listed.Length > 0 ? listed : throw new CliException($"--patients {file}: lists no patient");
+    }
 
+    /// <summary>The patients of <paramref name="dataset"/> with the <paramref name="listed"/> IDs; every listed ID must be there.</summary>
+    internal static SliceDataset SelectListedPatients(SliceDataset dataset, IReadOnlyList<string> listed, string file)
+    {
         var index = dataset.PatientIds.Select((id, i) => (id, i)).ToDictionary(x => x.id, x => x.i, StringComparer.Ordinal);
         var missing = listed.Where(id => !index.ContainsKey(id)).ToArray();
         if (missing.Length > 0)
@@ -177,6 +178,9 @@ internal static class TrainCommand
                 throw new CliException(e.Message);
             }
 
+            var patientsFile = context.GetValue(patients);
+            var listed = patientsFile is null ? null : ReadPatientList(patientsFile);
+
             // Raw folders are pre-processed as the model's training data was; shards must match that.
             var recipe = manifest?.Training?.Config;
             var evaluation = recipe?.Evaluation ?? new EvaluationConfig();
@@ -187,9 +191,9 @@ internal static class TrainCommand
             // without one, are checked on modalities and size below, as before).
             var dataset = await LoadDataAsync(context, context.GetValue(data)!, manifest?.EffectivePreprocessing(), recipe?.Threads, cancellationToken,
                 checkShards: recipe?.Preprocessing is not null);
-            if (context.GetValue(patients) is { } patientsFile)
+            if (listed is not null)
             {
-                dataset = SelectListedPatients(dataset, patientsFile);
+                dataset = SelectListedPatients(dataset, listed, patientsFile!);
             }
 
             var chosen = InitializeDevice(context.GetValue(device));
