@@ -283,6 +283,36 @@ public sealed class TrainingTests(TorchRuntimeFixture fixture, ITestOutputHelper
     }
 
     [Fact]
+    public void Noise_drawn_on_the_host_during_the_pass_gives_the_same_gradient()
+    {
+        // The accelerator path (noise drawn by a task while the device works, added last), forced on the CPU.
+        using var scope = NewDisposeScope();
+        using var generator = new Generator(24);
+        using var model = new UNet2d(Small, ScalarType.Float64, generator: generator);
+        var x = randn([4, 1, 16, 16], ScalarType.Float64, generator: generator);
+        var y = rand([4, 1, 16, 16], ScalarType.Float64, generator: generator).gt(0.6).to(ScalarType.Float64);
+        Tensor Run(bool? overlap, double sigma)
+        {
+            using var noise = GaussianNoise.CreateInsecureSeeded(7);
+            using var engine = new DpGradientEngine(model, SegmentationLosses.BceDice(), new DpSgdSettings(0.02, sigma, 3), noise)
+            {
+                OverlapHostNoise = overlap,
+            };
+            engine.ComputeGradients(x, y, [0, 1, 1, 2]);
+            engine.ComputeGradients(x, y, [0, 0, 1, 2]);
+            return cat([.. model.OrderedParameters().Select(p => p.grad!.flatten())]).clone();
+        }
+
+        var direct = Run(null, 1.0);
+        var overlapped = Run(true, 1.0);
+        Assert.True(direct.allclose(overlapped, 1e-12, 1e-15));
+        // The noise is really in it: without noise the gradient differs by about σC/E per coordinate.
+        var noiseless = Run(true, 0.0);
+        var std = (overlapped - noiseless).std().item<double>();
+        Assert.InRange(std, 0.9 * 0.02 / 3, 1.1 * 0.02 / 3);
+    }
+
+    [Fact]
     public void Padding_groups_change_neither_the_gradient_nor_the_stats()
     {
         using var scope = NewDisposeScope();

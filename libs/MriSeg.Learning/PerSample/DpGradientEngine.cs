@@ -1,5 +1,6 @@
 using MriSeg.Learning.Model;
 using MriSeg.Learning.Noise;
+using TorchSharp;
 using static TorchSharp.torch;
 
 namespace MriSeg.Learning.PerSample;
@@ -54,9 +55,9 @@ public sealed record DpBatchChunk(Tensor Inputs, Tensor Targets, IReadOnlyList<i
 /// </summary>
 /// <remarks>
 /// Per parameter the clipped sum is one fused GEMV (addmv) of the [G, n] view of the folded gradient
-/// with the clip factors, added onto noise already drawn into a kept buffer; no per-group gradient is
-/// copied out. Noise comes from a <see cref="GaussianNoise"/>: an AES-256-CTR keystream under a key from
-/// the OS CSPRNG unless the caller passes another generator (tests pass the insecure seeded one).
+/// with the clip factors, added onto noise already drawn into a kept buffer (on an accelerator the noise is
+/// drawn on the host while the device works, and added last); no per-group gradient is copied out. Noise comes
+/// from a <see cref="GaussianNoise"/>: an AES-256-CTR keystream under a key from the OS CSPRNG unless the caller passes another generator (tests pass the insecure seeded one).
 /// A batch too large for one folded pass is given as chunks of whole patients
 /// (<see cref="ComputeGradients(int, Func{int, DpBatchChunk})"/>): each patient's gradient is still
 /// clipped as a whole, so the result equals the one-pass result.
@@ -69,6 +70,7 @@ public sealed class DpGradientEngine : IDisposable
     private readonly bool _ownsNoise;
     private readonly FoldedLeafBuffers _leaves = new();
     private Tensor? _gradients;
+    private Tensor? _hostNoise;
     private Tensor[] _gradientViews = [];
 
     /// <summary>Creates the engine for <paramref name="model"/>; place the model on its device first (the noise generators live there).</summary>
@@ -95,6 +97,9 @@ public sealed class DpGradientEngine : IDisposable
 
     /// <summary>The settings.</summary>
     public DpSgdSettings Settings { get; }
+
+    /// <summary>Draw the noise on the host while the device computes (null: on accelerators only); tests force it on the CPU.</summary>
+    internal bool? OverlapHostNoise { get; set; }
 
     /// <summary>Where the noise comes from.</summary>
     public GaussianNoise Noise => _noise;
@@ -130,13 +135,56 @@ public sealed class DpGradientEngine : IDisposable
         ArgumentNullException.ThrowIfNull(chunk);
         // Only the trainable parameters (requires_grad; UNet2d.SetTrainable) are clipped, noised and given a .grad.
         IReadOnlyList<Tensor> parameters = _model.TrainableParameters();
-        var c = Settings.ClipNorm;
         var views = GradientViews(parameters);
-        using (no_grad())
+        var std = Settings.NoiseMultiplier * Settings.ClipNorm / Settings.ExpectedBatchSize;
+        var hostNoise = StartNoise(std);
+        DpStepStats stats;
+        try
         {
-            DrawNoise(Settings.NoiseMultiplier * c / Settings.ExpectedBatchSize);
+            stats = AddClippedGradients(chunkCount, chunk, parameters, views);
+        }
+        catch
+        {
+            // The noise task writes into a kept buffer: never leave it running.
+            try
+            {
+                hostNoise?.Wait();
+            }
+            catch (AggregateException)
+            {
+                // The first error is the one to report.
+            }
+
+            throw;
         }
 
+        if (hostNoise is not null)
+        {
+            hostNoise.GetAwaiter().GetResult();
+            using var _ = no_grad();
+            if (_gradients!.device_type == DeviceType.CPU)
+            {
+                _gradients.add_(_hostNoise!);
+            }
+            else
+            {
+                using var onDevice = _hostNoise!.to(_gradients.device);
+                _gradients.add_(onDevice);
+            }
+        }
+
+        for (var i = 0; i < parameters.Count; i++)
+        {
+            parameters[i].grad = views[i];
+        }
+
+        return stats;
+    }
+
+    /// <summary>Adds Σ_g (f_g / E)·grad_g of every chunk onto the gradient buffer, in place.</summary>
+    private DpStepStats AddClippedGradients(int chunkCount, Func<int, DpBatchChunk> chunk, IReadOnlyList<Tensor> parameters, Tensor[] views)
+    {
+        var c = Settings.ClipNorm;
         int groups = 0, slices = 0, clipped = 0;
         double lossSum = 0;
         for (var k = 0; k < chunkCount; k++)
@@ -152,7 +200,7 @@ public sealed class DpGradientEngine : IDisposable
             using var grads = PerSampleGradients.Compute(_model, part.Inputs, part.Targets, grouping, _loss, _leaves);
             using var _ = no_grad();
 
-            // Σ_g (f_g / E)·grad_g, added onto the noise in place.
+            // One fused GEMV per parameter, added in place onto what the buffer holds (the noise, or zeros on an accelerator).
             var weights = (grads.ClipFactors(c) / Settings.ExpectedBatchSize).to(parameters[0].dtype);
             for (var i = 0; i < parameters.Count; i++)
             {
@@ -164,11 +212,6 @@ public sealed class DpGradientEngine : IDisposable
             slices += grouping.GroupIndex.Count(g => g < real);
             clipped += (int)(grads.Norms().narrow(0, 0, real) > c).sum().item<long>();
             lossSum += grads.GroupLosses.narrow(0, 0, real).sum().item<double>();
-        }
-
-        for (var i = 0; i < parameters.Count; i++)
-        {
-            parameters[i].grad = views[i];
         }
 
         return new DpStepStats(groups, slices, lossSum, clipped);
@@ -200,16 +243,37 @@ public sealed class DpGradientEngine : IDisposable
         return _gradientViews;
     }
 
-    private void DrawNoise(double std)
+    /// <summary>
+    /// Puts the step's noise where the clipped gradients are added. On the CPU it is drawn straight into the gradient
+    /// buffer (null is returned). On an accelerator the buffer is zeroed and the noise is drawn into a host buffer by
+    /// a task that runs while the device computes the per-patient gradients; the caller waits for it and adds it.
+    /// Drawing it first, as on the CPU, left the GPU idle for the whole draw and copy every step.
+    /// </summary>
+    private Task? StartNoise(double std)
     {
         var buffer = _gradients!;
+        using var _ = no_grad();
         if (std == 0)
         {
             buffer.zero_();
-            return;
+            return null;
         }
 
-        _noise.Fill(buffer, std);
+        if (!(OverlapHostNoise ?? buffer.device_type != DeviceType.CPU))
+        {
+            _noise.Fill(buffer, std);
+            return null;
+        }
+
+        buffer.zero_();
+        if (_hostNoise is null || _hostNoise.numel() != buffer.numel() || _hostNoise.dtype != buffer.dtype)
+        {
+            _hostNoise?.Dispose();
+            _hostNoise = empty(buffer.numel(), buffer.dtype, CPU).DetachFromDisposeScope();
+        }
+
+        var host = _hostNoise;
+        return Task.Run(() => _noise.Fill(host, std));
     }
 
     /// <inheritdoc/>
@@ -227,5 +291,6 @@ public sealed class DpGradientEngine : IDisposable
         }
 
         _gradients?.Dispose();
+        _hostNoise?.Dispose();
     }
 }
