@@ -284,10 +284,12 @@ public static partial class TorchRuntime
 
         if (onProbePath is not null)
         {
-            // An app that references a libtorch package itself: use that copy, as TorchSharp would.
+            // An app that references a libtorch package itself (e.g. a -p:MriSegTorchBackend=cuda build): use that
+            // copy, as TorchSharp would, with its CUDA libraries when the package has them.
             var directory = Path.GetDirectoryName(onProbePath)!;
             tried.Add("libtorch on the native search path: " + directory);
-            return (directory, NuGetSource(), CpuLibraries.Select(l => Path.Combine(directory, l)).ToList());
+            return (directory, NuGetSource(), DirectoryLibraries
+                .Where(l => l.Required || File.Exists(Path.Combine(directory, l.Name))).Select(l => Path.Combine(directory, l.Name)).ToList());
         }
 
         var candidates = new List<string> { Path.Combine(AppContext.BaseDirectory, CpuLibTorchFolder) };
@@ -438,7 +440,9 @@ public static partial class TorchRuntime
     }
 
     private static string NuGetSource() =>
-        $"NuGet {CpuPackageId} {BuildMetadata("MriSeg.LibTorchCpuPackageVersion") ?? "(unknown version)"}";
+        BuildMetadata("MriSeg.TorchPackage") is { Length: > 0 } package
+            ? "NuGet " + package
+            : $"NuGet {CpuPackageId} {BuildMetadata("MriSeg.LibTorchCpuPackageVersion") ?? "(unknown version)"}";
 
     private static string? BuildMetadata(string key) =>
         typeof(TorchRuntime).Assembly.GetCustomAttributes<AssemblyMetadataAttribute>().FirstOrDefault(a => a.Key == key)?.Value;
