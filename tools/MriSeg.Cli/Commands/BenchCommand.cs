@@ -12,7 +12,7 @@ using Spectre.Console;
 namespace MriSeg.Cli.Commands;
 
 /// <summary>
-/// <c>mriseg bench</c>: micro-benchmarks, one subcommand each (<c>seal</c>, <c>dp</c>, <c>preprocess</c>, <c>quality</c>).
+/// <c>mriseg bench</c>: micro-benchmarks, one subcommand each (<c>seal</c>, <c>dp</c>, <c>preprocess</c>, <c>quality</c>, <c>precision</c>).
 /// Under --json each prints one line of snake_case JSON, so a script can read the last line of the output.
 /// </summary>
 internal static class BenchCommand
@@ -31,6 +31,7 @@ internal static class BenchCommand
         command.Subcommands.Add(CreateDp(app));
         command.Subcommands.Add(CreatePreprocess(app));
         command.Subcommands.Add(BenchQualityCommand.Create(app));
+        command.Subcommands.Add(BenchPrecisionCommand.Create(app));
         return command;
     }
 
@@ -148,9 +149,7 @@ internal static class BenchCommand
         var size = new Option<int>("--size") { Description = "Image side in pixels (a multiple of 16).", HelpName = "N", DefaultValueFactory = _ => 128 };
         var batch = new Option<int>("--batch") { Description = "Patients per step (one slice each).", HelpName = "B", DefaultValueFactory = _ => 8 };
         var iterations = new Option<int>("--iterations") { Description = "Timed steps of each kind (medians are reported).", HelpName = "N", DefaultValueFactory = _ => 10 };
-        var device = new Option<string>("--device") { Description = "cpu or cuda; default: the device MRISEG_DEVICE selects.", HelpName = "cpu|cuda" };
-        device.AcceptOnlyFromAmong("cpu", "cuda");
-
+        var device = TrainCommand.DeviceOption();
         var command = new Command("dp", "DP-SGD step (folded per-patient gradients, clipping, noise) against a non-private step of the reference U-Net, in one run.")
         {
             size, batch, iterations, device,
@@ -163,23 +162,8 @@ internal static class BenchCommand
                 throw new CliException("--size must be a multiple of 16 up to 1024, --batch 1..512, --iterations at least 1");
             }
 
-            TorchBackendInfo backend;
-            try
-            {
-                backend = TorchRuntime.Initialize();
-            }
-            catch (TorchUnavailableException e)
-            {
-                throw new CliException(e.Message.Split('\n')[0].Trim());
-            }
-
-            var chosen = context.GetValue(device) switch
-            {
-                "cpu" => new TorchSharp.torch.Device("cpu"),
-                "cuda" when !backend.CudaAvailable => throw new CliException($"--device cuda: CUDA is not available with libtorch from {backend.LibTorchSource}"),
-                "cuda" => new TorchSharp.torch.Device("cuda"),
-                _ => backend.CreateDevice(),
-            };
+            var chosen = TrainCommand.InitializeDevice(context, context.GetValue(device));
+            var backend = TorchRuntime.Current!;
             var result = await context.Output.StatusAsync(
                 $"benchmarking DP-SGD at {n}x{n}, batch {b}, {it} steps of each kind on {chosen}",
                 _ => Task.Run(() => DpBenchmark.Run(n, b, chosen, it)));

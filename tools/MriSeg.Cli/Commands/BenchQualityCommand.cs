@@ -75,7 +75,7 @@ internal static class BenchQualityCommand
 
             var outPath = context.GetValue(output)!;
             var modelsRoot = context.GetValue(keepModels);
-            var chosen = TrainCommand.InitializeDevice(context.GetValue(device));
+            var chosen = TrainCommand.InitializeDevice(context, context.GetValue(device));
             var results = new List<RecipeResult>();
             var loaded = new Dictionary<string, SliceDataset>(StringComparer.Ordinal);
             foreach (var (name, path, config) in recipeList)

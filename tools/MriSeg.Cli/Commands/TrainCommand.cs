@@ -45,7 +45,7 @@ internal static class TrainCommand
             var recipe = BuildConfig(context.GetValue(config), context.GetValue(epsilon), context.GetValue(delta), context.GetValue(nonPrivate),
                 context.GetValue(epochs), context.GetValue(batch), context.GetValue(seed));
             var dataset = await LoadDataAsync(context, context.GetValue(data)!, recipe.Preprocessing, recipe.Threads, cancellationToken);
-            var chosen = InitializeDevice(context.GetValue(device));
+            var chosen = InitializeDevice(context, context.GetValue(device));
             var outDir = context.GetValue(output)!;
             var split = PatientSplit.Create(dataset, recipe.Split.ValidationFraction, recipe.Split.TestFraction, recipe.Seed, recipe.Split.Stratify);
             TrainingPlan plan;
@@ -196,7 +196,7 @@ internal static class TrainCommand
                 dataset = SelectListedPatients(dataset, listed, patientsFile!);
             }
 
-            var chosen = InitializeDevice(context.GetValue(device));
+            var chosen = InitializeDevice(context, context.GetValue(device));
 
             if (manifest is not null && !manifest.Input.Modalities.SequenceEqual(dataset.Modalities, StringComparer.OrdinalIgnoreCase))
             {
@@ -358,7 +358,8 @@ internal static class TrainCommand
         return device;
     }
 
-    internal static TorchSharp.torch.Device InitializeDevice(string? requested)
+    /// <summary>Starts TorchSharp, picks the device (--device, else MRISEG_DEVICE) and says on stderr which backend and device run.</summary>
+    internal static TorchSharp.torch.Device InitializeDevice(CommandContext context, string? requested)
     {
         TorchBackendInfo backend;
         try
@@ -371,13 +372,16 @@ internal static class TrainCommand
         }
 
         MriSeg.Learning.Performance.CpuAllocator.KeepFreedMemory();
-        return requested switch
+        var device = requested switch
         {
             "cpu" => new TorchSharp.torch.Device("cpu"),
             "cuda" when !backend.CudaAvailable => throw new CliException($"--device cuda: CUDA is not available with libtorch from {backend.LibTorchSource}"),
             "cuda" => new TorchSharp.torch.Device("cuda"),
             _ => backend.CreateDevice(),
         };
+        context.Output.Progress($"torch: running on {device} (backend {backend.Backend}; libtorch from {backend.LibTorchSource}; " +
+            $"{backend.CudaDeviceCount} CUDA device(s) visible; TorchSharp {backend.TorchSharpVersion})");
+        return device;
     }
 
     private static string Describe(TrainingPlan plan) => plan.Mode == PrivacyMode.Dp
