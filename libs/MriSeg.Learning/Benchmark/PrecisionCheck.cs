@@ -40,8 +40,11 @@ public static class PrecisionCheck
     /// <summary>float64 paths must agree to rounding of the summation order.</summary>
     public const double Float64Tolerance = 1e-9;
 
-    /// <summary>float32 without TF32: about 2^-24 per operation, grown over the network's depth.</summary>
-    public const double Float32Tolerance = 1e-4;
+    /// <summary>
+    /// float32 without TF32: 2^-24 per operation, grown over 23 convolutions and their normalisations; the reference
+    /// U-Net at 64x64 measured 3e-4 on the CPU (a first bar of 1e-4 was too tight), so 1e-3.
+    /// </summary>
+    public const double Float32Tolerance = 1e-3;
 
     /// <summary>TF32 rounds convolution inputs to a 10-bit mantissa (2^-11 ≈ 5e-4 per product).</summary>
     public const double Tf32Tolerance = 1e-2;
