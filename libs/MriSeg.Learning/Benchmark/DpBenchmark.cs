@@ -123,7 +123,8 @@ public static class DpBenchmark
     {
         var slices = groups * options.SlicesPerGroup;
         var loss = SegmentationLosses.BceDice();
-        using var generator = new Generator(options.Seed, device);
+        // A CPU generator: libtorch refuses it for CUDA tensors, so data is drawn on the CPU and moved.
+        using var generator = new Generator(options.Seed);
         using var plainModel = new UNet2d(options.Model, options.DType, device, generator);
         using var dpModel = new UNet2d(options.Model, options.DType, device);
         using (no_grad())
@@ -134,8 +135,8 @@ public static class DpBenchmark
             }
         }
 
-        using var inputs = randn([slices, options.Model.InChannels, size, size], options.DType, device, generator: generator);
-        using var targets = rand([slices, options.Model.OutChannels, size, size], options.DType, device, generator: generator).gt(0.5).to(options.DType);
+        using var inputs = randn([slices, options.Model.InChannels, size, size], options.DType, generator: generator).to(device);
+        using var targets = rand([slices, options.Model.OutChannels, size, size], options.DType, generator: generator).gt(0.5).to(options.DType, device);
         var groupIndex = Enumerable.Range(0, slices).Select(i => i / options.SlicesPerGroup).ToArray();
 
         using var plainOptimizer = optim.SGD(plainModel.parameters(), 1e-3, momentum: 0.9);

@@ -281,8 +281,12 @@ public sealed class UNet2d : nn.Module<Tensor, Tensor>
         public LayerParameters(UNetLayer layer, ScalarType dtype, Device device, Generator? generator)
             : base(layer.Name)
         {
-            var weight = empty(layer.WeightShape, dtype, device);
-            var bias = empty(layer.BiasShape, dtype, device);
+            // A seeded generator draws on the CPU (libtorch refuses a CPU generator for CUDA tensors), so the
+            // same seed gives the same weights on every device.
+            var onCpuFirst = generator is not null && device.type != DeviceType.CPU;
+            var initDevice = onCpuFirst ? CPU : device;
+            var weight = empty(layer.WeightShape, dtype, initDevice);
+            var bias = empty(layer.BiasShape, dtype, initDevice);
             if (layer.Kind == UNetLayerKind.Conv3x3)
             {
                 // PyTorch's Conv2d default: kaiming_uniform(a=√5) = U(±1/√fan_in), and the same bound for the bias.
@@ -295,6 +299,13 @@ public sealed class UNet2d : nn.Module<Tensor, Tensor>
                 // TorchSharp's GroupNorm leaves these uninitialised; PyTorch uses ones and zeros.
                 weight.fill_(1.0);
                 bias.fill_(0.0);
+            }
+
+            if (onCpuFirst)
+            {
+                using var cpuWeight = weight;
+                using var cpuBias = bias;
+                (weight, bias) = (cpuWeight.to(device), cpuBias.to(device));
             }
 
             register_parameter("weight", new Parameter(weight.DetachFromDisposeScope(), requires_grad: true));

@@ -16,8 +16,8 @@ internal static class BenchPrecisionCommand
 {
     public static Command Create(CliApp app)
     {
-        var size = new Option<int>("--size") { Description = "Image side of the agreement checks (a multiple of 32).", HelpName = "N", DefaultValueFactory = _ => 64 };
-        var speedSize = new Option<int>("--speed-size") { Description = "Image side of the bfloat16 speed check; 0 skips it.", HelpName = "N", DefaultValueFactory = _ => 0 };
+        var size = new Option<int>("--size") { Description = "Image side of the agreement checks (a multiple of 16).", HelpName = "N", DefaultValueFactory = _ => 64 };
+        var speedSize = new Option<int>("--speed-size") { Description = "Image side of the bfloat16 speed check (a multiple of 16); 0 skips it.", HelpName = "N", DefaultValueFactory = _ => 0 };
         var speedBatch = new Option<int>("--speed-batch") { Description = "Patients per step in the speed check.", HelpName = "B", DefaultValueFactory = _ => 32 };
         var iterations = new Option<int>("--iterations") { Description = "Timed steps of each kind in the speed check (medians).", HelpName = "N", DefaultValueFactory = _ => 10 };
         var device = TrainCommand.DeviceOption();
@@ -28,9 +28,9 @@ internal static class BenchPrecisionCommand
         app.SetAction(command, async (context, _) =>
         {
             var (n, sn, sb, it) = (context.GetValue(size), context.GetValue(speedSize), context.GetValue(speedBatch), context.GetValue(iterations));
-            if (n < 32 || n % 32 != 0 || n > 512 || sn < 0 || sn % 32 != 0 || sn > 1024 || sb < 1 || sb > 512 || it < 1)
+            if (n < 16 || n % 16 != 0 || n > 512 || sn < 0 || sn % 16 != 0 || sn > 1024 || sb < 1 || sb > 512 || it < 1)
             {
-                throw new CliException("--size must be a multiple of 32 up to 512, --speed-size 0 or a multiple of 32 up to 1024, --speed-batch 1..512, --iterations at least 1");
+                throw new CliException("--size must be a multiple of 16 up to 512, --speed-size 0 or a multiple of 16 up to 1024, --speed-batch 1..512, --iterations at least 1");
             }
 
             var chosen = TrainCommand.InitializeDevice(context, context.GetValue(device));
