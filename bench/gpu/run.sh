@@ -65,5 +65,8 @@ if [ "$smoke" != 1 ]; then
   # The whole ε = 8 recipe, every epoch, on each of the three folds of patients (the README's quality table).
   step quality-eps8 400 $mriseg bench quality $dev --data .gpu/data/brats_A,.gpu/data/brats_B --recipes brats-eps8 --folds 3 \
     --out "$out/quality-eps8-report.md"
+  # Extra, when time allows: the non-private recipe (128x128, from scratch) on the same folds.
+  step quality-nonprivate 200 $mriseg bench quality $dev --data .gpu/data/brats_A,.gpu/data/brats_B --recipes brats-nonprivate --folds 3 \
+    --out "$out/quality-nonprivate-report.md"
 fi
 python3 bench/gpu/summarize.py "$out" | tee "$out/table.md"

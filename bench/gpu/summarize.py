@@ -82,22 +82,22 @@ def main(out):
             for t in precision["timing"]:
                 print(f"| {t['precision']} | {t['non_private_step_ms']:.1f} | {t['per_patient_gradients_ms']:.1f} |")
 
-    try:
-        with open(os.path.join(out, "quality-eps8-report.json"), encoding="utf-8") as f:
-            quality = json.load(f)
-    except (OSError, ValueError):
-        quality = None
-    if quality:
-        wall = steps.get("quality-eps8", {}).get("wall_s")
-        print(f"\nThe whole ε = 8 recipe on the real BraTS slices, every epoch of each of {quality['folds']} folds (fold seed {quality['seed']}), "
-              f"in {fmt(wall, '.0f')} s of wall time for the command (data loading and scoring included):\n")
+    for name in sorted(f for f in os.listdir(out) if f.startswith("quality-") and f.endswith("-report.json")):
+        try:
+            with open(os.path.join(out, name), encoding="utf-8") as f:
+                quality = json.load(f)
+        except (OSError, ValueError):
+            continue
+        step_name = name[: -len("-report.json")]
+        wall = steps.get(step_name, {}).get("wall_s")
+        print(f"\nEvery epoch of each of {quality['folds']} folds (fold seed {quality['seed']}) on the real BraTS slices, "
+              f"{fmt(wall, '.0f')} s of wall time for the command (data loading and scoring included):\n")
         print("| recipe | fold | training s | steps | ε | held-out Dice |")
         print("|---|---|---|---|---|---|")
         for r in quality["recipes"]:
             for f in r["folds"]:
                 print(f"| {r['recipe']} | {f['fold']} | {f['train_seconds']:.1f} | {f['steps']} | {fmt(f.get('epsilon'), '.3f')} | {f['dice']:.3f} |")
             print(f"| {r['recipe']} | mean ± std | {r['train_seconds']['mean']:.1f} | | | **{r['dice']['mean']:.3f} ± {r['dice']['std']:.3f}** |")
-
 
 if __name__ == "__main__":
     main(sys.argv[1] if len(sys.argv) > 1 else ".")
