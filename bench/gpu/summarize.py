@@ -45,13 +45,17 @@ def main(out):
     failed = [f"{name} (exit {s['rc']})" for name, s in steps.items() if s["rc"] != 0]
     print(f"- steps that failed: {', '.join(failed) if failed else 'none'}")
 
-    torch_rows = {r["batch"]: r for r in json_lines(os.path.join(out, "torch.json"))}
-    dp_rows = sorted((r for r in (last_json(os.path.join(out, f)) for f in os.listdir(out) if f.startswith("dp-") and f.endswith(".json")) if r),
-                     key=lambda r: r["batch"])
-    if dp_rows:
+    dp_all = [r for r in (last_json(os.path.join(out, f)) for f in os.listdir(out) if f.startswith("dp-") and f.endswith(".json")) if r]
+    for autotune in (False, True):
+        dp_rows = sorted((r for r in dp_all if bool(r.get("cudnn_benchmark")) == autotune), key=lambda r: r["batch"])
+        if not dp_rows:
+            continue
+        suffix = "-autotune" if autotune else ""
+        torch_rows = {r["batch"]: r for r in json_lines(os.path.join(out, f"torch{suffix}.json"))}
         size = dp_rows[0]["size"]
-        print(f"\nTraining step of the reference U-Net (2,164,145 parameters) at {size}x{size}, float32 (libtorch's default TF32 for convolutions), "
-              "samples/s from median step times; ours = TorchSharp, DP = folded per-patient gradients, clipping, secure noise.\n")
+        setting = "cuDNN autotuner on (cudnn.benchmark) for both" if autotune else "libtorch's defaults (cudnn.benchmark off)"
+        print(f"\nTraining step of the reference U-Net (2,164,145 parameters) at {size}x{size}, float32 with TF32 convolutions (the default), "
+              f"{setting}; samples/s from median step times; ours = TorchSharp, DP = folded per-patient gradients, clipping, secure noise.\n")
         print("| batch | PyTorch non-private | ours non-private | ours DP | DP / ours non-private | ours / PyTorch non-private | peak GPU MiB, ours (DP + non-private process) | peak GPU MiB, PyTorch (allocated / reserved) |")
         print("|---|---|---|---|---|---|---|---|")
         for r in dp_rows:
@@ -59,7 +63,7 @@ def main(out):
             t = torch_rows.get(b, {})
             ref = t.get("samples_per_second")
             ours = r["non_private_samples_per_second"]
-            peak = steps.get(f"dp-{b}", {}).get("peak_gpu_mib")
+            peak = steps.get(f"dp-{b}{suffix}", {}).get("peak_gpu_mib")
             print(f"| {b} | {fmt(ref, '.1f')} | {ours:.1f} | {r['dp_samples_per_second']:.1f} | **{r['ratio']:.3f}** | "
                   f"**{fmt(ours / ref if ref else None, '.3f')}** | {fmt(peak, 'd')} | "
                   f"{fmt(t.get('peak_allocated_mib'), '.0f')} / {fmt(t.get('peak_reserved_mib'), '.0f')} |")

@@ -150,9 +150,10 @@ internal static class BenchCommand
         var batch = new Option<int>("--batch") { Description = "Patients per step (one slice each).", HelpName = "B", DefaultValueFactory = _ => 8 };
         var iterations = new Option<int>("--iterations") { Description = "Timed steps of each kind (medians are reported).", HelpName = "N", DefaultValueFactory = _ => 10 };
         var device = TrainCommand.DeviceOption();
+        var autotune = new Option<bool>("--cudnn-benchmark") { Description = "Let cuDNN time its convolution algorithms first (PyTorch's torch.backends.cudnn.benchmark); for both steps." };
         var command = new Command("dp", "DP-SGD step (folded per-patient gradients, clipping, noise) against a non-private step of the reference U-Net, in one run.")
         {
-            size, batch, iterations, device,
+            size, batch, iterations, device, autotune,
         };
         app.SetAction(command, async (context, _) =>
         {
@@ -164,11 +165,15 @@ internal static class BenchCommand
 
             var chosen = TrainCommand.InitializeDevice(context, context.GetValue(device));
             var backend = TorchRuntime.Current!;
+            if (context.GetValue(autotune))
+            {
+                CudnnBenchmark.Enabled = true;
+            }
             var result = await context.Output.StatusAsync(
                 $"benchmarking DP-SGD at {n}x{n}, batch {b}, {it} steps of each kind on {chosen}",
                 _ => Task.Run(() => DpBenchmark.Run(n, b, chosen, it)));
             context.Output.WriteResult(
-                new DpBenchResult(result.Size, result.Batch, result.Device, backend.Backend, result.Iterations, result.Threads,
+                new DpBenchResult(result.Size, result.Batch, result.Device, backend.Backend, CudnnBenchmark.Enabled, result.Iterations, result.Threads,
                     Math.Round(result.NonPrivateSamplesPerSecond, 3), Math.Round(result.DpSamplesPerSecond, 3), Math.Round(result.Ratio, 4), Math.Round(result.CpuRatio, 4)),
                 (console, r) => console.MarkupLine(Markup.Escape(
                     $"{r.Size}x{r.Size}, batch {r.Batch}, {r.Device} ({r.Threads} threads): non-private {r.NonPrivateSamplesPerSecond} samples/s, DP {r.DpSamplesPerSecond} samples/s, ratio {r.Ratio} (CPU-time ratio {r.CpuRatio})")),
@@ -180,7 +185,7 @@ internal static class BenchCommand
 
     /// <summary>The <c>bench dp</c> result; the last JSON line holds <c>ratio</c>.</summary>
     internal sealed record DpBenchResult(
-        int Size, int Batch, string Device, string Backend, int Iterations, int Threads,
+        int Size, int Batch, string Device, string Backend, bool CudnnBenchmark, int Iterations, int Threads,
         double NonPrivateSamplesPerSecond, double DpSamplesPerSecond, double Ratio, double CpuRatio);
 
     private static Command CreateSeal(CliApp app)
