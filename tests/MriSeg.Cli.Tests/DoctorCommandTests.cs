@@ -34,6 +34,40 @@ public sealed class BenchDpCommandTests
     }
 
     [Fact]
+    public async Task Bench_dp_says_what_it_runs_on_and_can_turn_the_cudnn_autotuner_on()
+    {
+        var run = await CliRun.RunAsync("bench", "dp", "--size", "32", "--batch", "1", "--iterations", "1", "--cudnn-benchmark", "--json");
+
+        Assert.True(run.ExitCode == 0, run.ToString());
+        Assert.Contains(run.StderrLines, l => l.StartsWith("torch: running on cpu (backend cpu; libtorch from NuGet libtorch-cpu-linux-x64", StringComparison.Ordinal));
+        var last = System.Text.Json.JsonDocument.Parse(run.Stdout.TrimEnd().Split('\n')[^1]).RootElement;
+        Assert.True(last.GetProperty("cudnn_benchmark").GetBoolean());
+    }
+
+    [Fact]
+    public async Task Bench_precision_reports_each_comparison_and_passes_on_the_cpu()
+    {
+        var run = await CliRun.RunAsync("bench", "precision", "--size", "16", "--json");
+
+        Assert.True(run.ExitCode == 0, run.ToString());
+        var last = System.Text.Json.JsonDocument.Parse(run.Stdout.TrimEnd().Split('\n')[^1]).RootElement;
+        Assert.True(last.GetProperty("passed").GetBoolean());
+        var rows = last.GetProperty("agreement").EnumerateArray().ToList();
+        Assert.Equal(3, rows.Count);
+        Assert.InRange(rows[0].GetProperty("max_relative_error").GetDouble(), 0, 1e-12);
+        Assert.Equal(System.Text.Json.JsonValueKind.Null, rows[2].GetProperty("tolerance").ValueKind);
+        Assert.Empty(last.GetProperty("timing").EnumerateArray());
+    }
+
+    [Fact]
+    public async Task Bench_precision_refuses_a_size_the_unet_cannot_take()
+    {
+        var run = await CliRun.RunAsync("bench", "precision", "--size", "24");
+        Assert.Equal(1, run.ExitCode);
+        Assert.Contains("multiple of 16", run.Stderr, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public async Task Bench_dp_refuses_a_size_the_unet_cannot_take()
     {
         var run = await CliRun.RunAsync("bench", "dp", "--size", "100");

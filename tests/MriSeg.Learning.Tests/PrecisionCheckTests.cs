@@ -1,4 +1,5 @@
 using MriSeg.Learning.Benchmark;
+using MriSeg.Learning.Torch;
 using static TorchSharp.torch;
 
 namespace MriSeg.Learning.Tests;
@@ -27,6 +28,24 @@ public sealed class PrecisionCheckTests(TorchRuntimeFixture fixture, ITestOutput
         Assert.Null(rows[2].Tolerance);
         Assert.True(rows[2].MaxRelativeError > 100 * rows[1].MaxRelativeError);
         Assert.InRange(rows[2].MinCosine, 0.9, 1.0);
+    }
+
+    [Fact]
+    public void Cudnn_autotuner_switch_reaches_libtorch()
+    {
+        Assert.NotNull(fixture.Info);
+        var before = CudnnBenchmark.Enabled;
+        try
+        {
+            CudnnBenchmark.Enabled = !before;
+            Assert.Equal(!before, CudnnBenchmark.Enabled);
+            CudnnBenchmark.Enabled = before;
+            Assert.Equal(before, CudnnBenchmark.Enabled);
+        }
+        finally
+        {
+            CudnnBenchmark.Enabled = before;
+        }
     }
 
     [Fact]
