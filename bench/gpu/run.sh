@@ -4,7 +4,7 @@
 # Needs python3 with a CUDA PyTorch (its torch/lib is the libtorch TorchSharp loads) and nvidia-smi. Every step has
 # its own time limit and the run goes on after a failed step; each step's JSON lands in OUTDIR, and summarize.py
 # turns them into the table of RESULTS.md. SMOKE=1 runs tiny sizes on whatever device there is (a check of the script);
-# QUALITY=0 leaves out the real-data training runs.
+# QUALITY=0 leaves out the real-data training runs, AUTOTUNE=0 the runs with cuDNN's autotuner.
 set -u -o pipefail
 out=${1:?usage: run.sh OUTDIR}
 mkdir -p "$out"
@@ -61,10 +61,10 @@ step precision 150 $mriseg bench precision $dev --size 64 $speed --iterations 10
 # Both steps with libtorch's defaults, then both with the cuDNN autotuner on (ours and PyTorch's alike).
 for b in $batches; do
   step "dp-$b" 150 $mriseg bench dp $dev --size $size --batch "$b" --iterations $it --json
-  step "dp-$b-autotune" 150 $mriseg bench dp $dev --size $size --batch "$b" --iterations $it --cudnn-benchmark --json
+  [ "${AUTOTUNE:-1}" = 1 ] && step "dp-$b-autotune" 150 $mriseg bench dp $dev --size $size --batch "$b" --iterations $it --cudnn-benchmark --json
 done
 step torch 240 python3 bench/gpu/torch_reference.py --size $size --batch $batches --iterations $it --warmup 3 --device $torch_device
-step torch-autotune 240 python3 bench/gpu/torch_reference.py --size $size --batch $batches --iterations $it --warmup 3 --device $torch_device --cudnn-benchmark
+[ "${AUTOTUNE:-1}" = 1 ] && step torch-autotune 240 python3 bench/gpu/torch_reference.py --size $size --batch $batches --iterations $it --warmup 3 --device $torch_device --cudnn-benchmark
 if [ "$smoke" != 1 ] && [ "${QUALITY:-1}" = 1 ]; then
   # The whole ε = 8 recipe, every epoch, on each of the three folds of patients (the README's quality table).
   step quality-eps8 400 $mriseg bench quality $dev --data .gpu/data/brats_A,.gpu/data/brats_B --recipes brats-eps8 --folds 3 \

@@ -154,8 +154,10 @@ public static class DpBenchmark
         void DpStep()
         {
             using var scope = NewDisposeScope();
-            engine.ComputeGradients(inputs, targets, groupIndex);
+            // As the trainer does: queue the update, then read the step's stats.
+            using var stats = engine.ComputeGradientsPending(1, _ => new DpBatchChunk(inputs, targets, groupIndex));
             dpOptimizer.step();
+            stats.Resolve();
         }
 
         var isCuda = device.type == DeviceType.CUDA;

@@ -85,6 +85,10 @@ public static class PrecisionCheck
             if (device.type != DeviceType.CPU)
             {
                 rows.Add(Compare("float64 folded vs float64 folded on the CPU", name, folded, cpuReference, Float64Tolerance));
+                // The whole DP gradient with the same seeded noise: covers the device's own noise path (drawn on the
+                // host during the pass, copied from pinned memory) and the clipping.
+                rows.Add(Compare("float64 DP step (clip, sum, seeded noise) vs the same on the CPU", name,
+                    DpGradient(onDevice, dx, dy), DpGradient(reference, x, y), Float64Tolerance));
             }
         }
 
@@ -127,6 +131,15 @@ public static class PrecisionCheck
         // bfloat16 keeps 8 mantissa bits (2^-8 ≈ 4e-3 per operation and in every stored activation): no bar, a measurement.
         rows.Add(Reduced("bfloat16", ScalarType.BFloat16, null));
         return rows;
+
+        Tensor DpGradient(UNet2d on, Tensor inputs, Tensor targets)
+        {
+            // A clip norm below most groups' norms, so clipping is exercised; noise of the same order as the signal.
+            using var noise = Noise.GaussianNoise.CreateInsecureSeeded(seed);
+            using var engine = new DpGradientEngine(on, loss, new DpSgdSettings(0.01, 1.0, groupSizes.Count), noise);
+            engine.ComputeGradients(inputs, targets, groupIndex);
+            return cat([.. on.TrainableParameters().Select(p => p.grad!.flatten())]).to(ScalarType.Float64, CPU).unsqueeze(0);
+        }
 
         GradientAgreement Reduced(string label, ScalarType dtype, double? tolerance, bool microBatching = false)
         {

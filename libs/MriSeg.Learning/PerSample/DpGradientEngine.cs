@@ -40,6 +40,43 @@ public sealed record DpSgdSettings(
 /// <param name="ClippedGroups">Groups whose gradient norm was above the clip norm.</param>
 public sealed record DpStepStats(int Groups, int Slices, double LossSum, int ClippedGroups);
 
+/// <summary>
+/// A step's <see cref="DpStepStats"/> before the device has been waited for: the loss sum and the clipped count stay
+/// device scalars until <see cref="Resolve"/>, so a caller can queue the optimiser step first and wait once.
+/// </summary>
+public sealed class PendingDpStepStats : IDisposable
+{
+    private readonly int _groups;
+    private readonly int _slices;
+    private readonly Tensor? _lossSum;
+    private readonly Tensor? _clipped;
+    private DpStepStats? _resolved;
+
+    internal PendingDpStepStats(int groups, int slices, Tensor? lossSum, Tensor? clipped)
+    {
+        (_groups, _slices, _lossSum, _clipped) = (groups, slices, lossSum, clipped);
+    }
+
+    /// <summary>Waits for the device (once) and returns the stats.</summary>
+    public DpStepStats Resolve()
+    {
+        if (_resolved is null)
+        {
+            _resolved = new DpStepStats(_groups, _slices, _lossSum?.item<double>() ?? 0, (int)(_clipped?.item<long>() ?? 0));
+            Dispose();
+        }
+
+        return _resolved;
+    }
+
+    /// <inheritdoc/>
+    public void Dispose()
+    {
+        _lossSum?.Dispose();
+        _clipped?.Dispose();
+    }
+}
+
 /// <summary>One chunk of a DP batch: whole patients, numbered 0..G-1 within the chunk.</summary>
 /// <param name="Inputs">[N, in, H, W].</param>
 /// <param name="Targets">[N, out, H, W].</param>
@@ -131,6 +168,17 @@ public sealed class DpGradientEngine : IDisposable
     /// <param name="chunk">Builds chunk i: inputs, targets and group numbers 0..G_i-1 local to the chunk.</param>
     public DpStepStats ComputeGradients(int chunkCount, Func<int, DpBatchChunk> chunk)
     {
+        using var pending = ComputeGradientsPending(chunkCount, chunk);
+        return pending.Resolve();
+    }
+
+    /// <summary>
+    /// As <see cref="ComputeGradients(int, Func{int, DpBatchChunk})"/>, without waiting for the device: on an accelerator
+    /// the whole step (per-patient pass, clipping, sum, noise copy) is only queued when this returns, and the stats come
+    /// from <see cref="PendingDpStepStats.Resolve"/>; call it after queueing the optimiser step.
+    /// </summary>
+    public PendingDpStepStats ComputeGradientsPending(int chunkCount, Func<int, DpBatchChunk> chunk)
+    {
         ArgumentOutOfRangeException.ThrowIfNegative(chunkCount);
         ArgumentNullException.ThrowIfNull(chunk);
         // Only the trainable parameters (requires_grad; UNet2d.SetTrainable) are clipped, noised and given a .grad.
@@ -138,7 +186,7 @@ public sealed class DpGradientEngine : IDisposable
         var views = GradientViews(parameters);
         var std = Settings.NoiseMultiplier * Settings.ClipNorm / Settings.ExpectedBatchSize;
         var hostNoise = StartNoise(std);
-        DpStepStats stats;
+        PendingDpStepStats stats;
         try
         {
             stats = AddClippedGradients(chunkCount, chunk, parameters, views);
@@ -148,7 +196,7 @@ public sealed class DpGradientEngine : IDisposable
             // The noise task writes into a kept buffer: never leave it running.
             try
             {
-                hostNoise?.Wait();
+                hostNoise?.Result.Dispose();
             }
             catch (AggregateException)
             {
@@ -160,15 +208,17 @@ public sealed class DpGradientEngine : IDisposable
 
         if (hostNoise is not null)
         {
-            hostNoise.GetAwaiter().GetResult();
+            using var noise = hostNoise.GetAwaiter().GetResult();
             using var _ = no_grad();
             if (_gradients!.device_type == DeviceType.CPU)
             {
-                _gradients.add_(_hostNoise!);
+                _gradients.add_(noise);
             }
             else
             {
-                using var onDevice = _hostNoise!.to(_gradients.device);
+                // From pinned memory, so the copy is queued behind the pass instead of waiting for it; libtorch's pinned
+                // allocator keeps that block from reuse until the copy has run.
+                using var onDevice = noise.to(_gradients.device, non_blocking: true);
                 _gradients.add_(onDevice);
             }
         }
@@ -181,12 +231,15 @@ public sealed class DpGradientEngine : IDisposable
         return stats;
     }
 
-    /// <summary>Adds Σ_g (f_g / E)·grad_g of every chunk onto the gradient buffer, in place.</summary>
-    private DpStepStats AddClippedGradients(int chunkCount, Func<int, DpBatchChunk> chunk, IReadOnlyList<Tensor> parameters, Tensor[] views)
+    /// <summary>
+    /// Adds Σ_g (f_g / E)·grad_g of every chunk onto the gradient buffer, in place. The loss sum and clipped count are
+    /// summed on the device (reading them would wait for the device mid-step).
+    /// </summary>
+    private PendingDpStepStats AddClippedGradients(int chunkCount, Func<int, DpBatchChunk> chunk, IReadOnlyList<Tensor> parameters, Tensor[] views)
     {
         var c = Settings.ClipNorm;
-        int groups = 0, slices = 0, clipped = 0;
-        double lossSum = 0;
+        int groups = 0, slices = 0;
+        Tensor? lossSum = null, clipped = null;
         for (var k = 0; k < chunkCount; k++)
         {
             using var scope = NewDisposeScope();
@@ -210,11 +263,13 @@ public sealed class DpGradientEngine : IDisposable
             var real = grouping.RealGroupCount;
             groups += real;
             slices += grouping.GroupIndex.Count(g => g < real);
-            clipped += (int)(grads.Norms().narrow(0, 0, real) > c).sum().item<long>();
-            lossSum += grads.GroupLosses.narrow(0, 0, real).sum().item<double>();
+            var chunkClipped = (grads.Norms().narrow(0, 0, real) > c).sum();
+            var chunkLoss = grads.GroupLosses.narrow(0, 0, real).sum();
+            clipped = clipped is null ? chunkClipped.DetachFromDisposeScope() : clipped.add_(chunkClipped);
+            lossSum = lossSum is null ? chunkLoss.DetachFromDisposeScope() : lossSum.add_(chunkLoss);
         }
 
-        return new DpStepStats(groups, slices, lossSum, clipped);
+        return new PendingDpStepStats(groups, slices, lossSum, clipped);
     }
 
     private Tensor[] GradientViews(IReadOnlyList<Tensor> parameters)
@@ -246,10 +301,11 @@ public sealed class DpGradientEngine : IDisposable
     /// <summary>
     /// Puts the step's noise where the clipped gradients are added. On the CPU it is drawn straight into the gradient
     /// buffer (null is returned). On an accelerator the buffer is zeroed and the noise is drawn into a host buffer by
-    /// a task that runs while the device computes the per-patient gradients; the caller waits for it and adds it.
+    /// a task that runs while the device computes the per-patient gradients (on CUDA it ends with a pinned copy, for a
+    /// copy that does not wait for the device); the caller waits for the task, adds its tensor and disposes it.
     /// Drawing it first, as on the CPU, left the GPU idle for the whole draw and copy every step.
     /// </summary>
-    private Task? StartNoise(double std)
+    private Task<Tensor>? StartNoise(double std)
     {
         var buffer = _gradients!;
         using var _ = no_grad();
@@ -273,7 +329,12 @@ public sealed class DpGradientEngine : IDisposable
         }
 
         var host = _hostNoise;
-        return Task.Run(() => _noise.Fill(host, std));
+        var pin = buffer.device_type == DeviceType.CUDA;
+        return Task.Run(() =>
+        {
+            _noise.Fill(host, std);
+            return pin ? host.pin_memory() : host.alias();
+        });
     }
 
     /// <inheritdoc/>

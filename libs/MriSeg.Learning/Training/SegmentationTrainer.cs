@@ -338,8 +338,7 @@ public static class SegmentationTrainer
                     }
 
                     var watch = Stopwatch.StartNew();
-                    var (loss, slices) = dp ? DpStep(batch) : PlainStep(batch);
-                    _optimizer.step();
+                    var (loss, slices) = dp ? DpStepAndUpdate(batch) : PlainStepAndUpdate(batch);
                     _ema?.Update(_model);
                     stepSeconds += watch.Elapsed.TotalSeconds;
                     step++;
@@ -658,12 +657,12 @@ public static class SegmentationTrainer
         private static string OptimizerName(OptimizerKind kind) => kind.ToString().ToLowerInvariant();
 
         /// <summary>
-        /// One DP step over the sampled patients: nearly equal chunks of whole patients through the engine, each padded
+        /// One DP step over the sampled patients, optimiser update included: nearly equal chunks of whole patients through the engine, each padded
         /// with weight-0 groups to a multiple of <see cref="PassBucket"/> patients, so the folded pass sees a few fixed
         /// group counts whatever the Poisson batch size (a new count costs libtorch new convolution primitives, and the
         /// varying sizes fragmented the CPU heap: +3.5 MB per step without padding, flat with it).
         /// </summary>
-        private (double Loss, int Slices) DpStep(int[] batch)
+        private (double Loss, int Slices) DpStepAndUpdate(int[] batch)
         {
             var chunks = PassSizes(batch.Length, _config.MaxPatientsPerPass);
             var starts = new int[chunks.Length];
@@ -672,17 +671,20 @@ public static class SegmentationTrainer
                 starts[c] = starts[c - 1] + chunks[c - 1];
             }
 
-            var stats = _engine!.ComputeGradients(chunks.Length, c =>
+            using var pending = _engine!.ComputeGradientsPending(chunks.Length, c =>
             {
                 var patients = batch.AsSpan(starts[c], chunks[c]).ToArray();
                 var padding = RoundUp(chunks[c], PassBucket) - chunks[c];
                 return Materialise(SliceChoice(patients), padding);
             });
+            // The update is queued before the stats are read, so an accelerator is waited for once, at the end.
+            _optimizer.step();
+            var stats = pending.Resolve();
             return (stats.Groups > 0 ? stats.LossSum / stats.Groups : 0, stats.Slices);
         }
 
-        /// <summary>One ordinary step: mean slice loss over the batch, accumulated over passes.</summary>
-        private (double Loss, int Slices) PlainStep(int[] batch)
+        /// <summary>One ordinary step, optimiser update included: mean slice loss over the batch, accumulated over passes.</summary>
+        private (double Loss, int Slices) PlainStepAndUpdate(int[] batch)
         {
             _optimizer.zero_grad();
             var perPass = _config.MaxPatientsPerPass;
@@ -706,6 +708,7 @@ public static class SegmentationTrainer
                 lossSum += sum.item<float>();
             }
 
+            _optimizer.step();
             return (total > 0 ? lossSum / total : 0, total);
         }
 
