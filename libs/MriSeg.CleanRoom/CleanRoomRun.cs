@@ -168,6 +168,9 @@ public sealed class CleanRoomRun(IPackageSource packages, ISignerDirectory signe
     {
         var spec = s.Spec;
         Validate(spec);
+        // Where training will run is settled before anything is attested, fetched or released.
+        s.Device = ResolveDevice();
+        s.DeviceName = s.Device.ToString();
 
         // Whether an earlier attempt of this run left a record: then its spend is unknown until the records are read
         // (after the keys), and nothing is settled or removed before.
@@ -453,15 +456,38 @@ public sealed class CleanRoomRun(IPackageSource packages, ISignerDirectory signe
         }
     }
 
-    private async Task<LocalTrainingResult> TrainAsync(RunState s, SliceDataset data, TrainingConfig config, TrainingPlan declared, UNet2d? baseModel, CancellationToken ct)
+    /// <summary>
+    /// The training device: <see cref="CleanRoomRunOptions.Device"/> <c>cuda</c> without a usable CUDA device is an error
+    /// unless MRISEG_ALLOW_CPU_FALLBACK allows the CPU; <c>auto</c> takes the runtime's choice (MRISEG_DEVICE).
+    /// </summary>
+    private TorchSharp.torch.Device ResolveDevice()
     {
-        var info = TorchRuntime.Initialize();
-        var device = options.Device switch
+        TorchBackendInfo info;
+        try
+        {
+            info = TorchRuntime.Initialize();
+        }
+        catch (TorchUnavailableException e)
+        {
+            throw new CleanRoomRunException(RunFailure.Internal, "the trainer cannot start libtorch: " + e.Message.Split('\n')[0].Trim(), e);
+        }
+
+        return options.Device switch
         {
             "cpu" => new TorchSharp.torch.Device("cpu"),
+            "cuda" when info.IsCuda => info.CreateDevice(),
+            "cuda" when TorchRuntimeSettings.FromEnvironment().AllowCpuFallback => new TorchSharp.torch.Device("cpu"),
+            "cuda" => throw new CleanRoomRunException(RunFailure.Internal,
+                $"the trainer is configured for CUDA (Trainer:Device = cuda), but the libtorch from {info.LibTorchSource} has no usable " +
+                $"CUDA device; point {TorchRuntimeSettings.LibTorchDirVariable} at a CUDA libtorch, or set " +
+                $"{TorchRuntimeSettings.AllowCpuFallbackVariable}=1 to train on the CPU"),
             _ => info.CreateDevice(),
         };
-        s.DeviceName = device.ToString();
+    }
+
+    private async Task<LocalTrainingResult> TrainAsync(RunState s, SliceDataset data, TrainingConfig config, TrainingPlan declared, UNet2d? baseModel, CancellationToken ct)
+    {
+        var device = s.Device!;
         if (options.Threads is { } threads)
         {
             config = config with { Threads = threads };
@@ -849,6 +875,9 @@ public sealed class CleanRoomRun(IPackageSource packages, ISignerDirectory signe
         public long StepsTaken { get; set; }
 
         public string DeviceName { get; set; } = "cpu";
+
+        /// <summary>Where the run trains, settled before anything is fetched.</summary>
+        public TorchSharp.torch.Device? Device { get; set; }
 
         public bool Resumed { get; init; }
 

@@ -212,10 +212,10 @@ public sealed class CleanRoomWorld : IDisposable
         return world;
     }
 
-    public CleanRoomRun Runner(World world, string? measurement = null) =>
+    public CleanRoomRun Runner(World world, string? measurement = null, string device = "cpu") =>
         new(new BlobPackageSource(Blobs), new StaticSignerDirectory(world.SignerPems),
             new KeyBrokerKeySource(Party(world.CleanRoom), Party(world.CleanRoom).DevelopmentAttestation(Http, Issuer, measurement ?? world.Measurement)),
-            new BlobOutputSink(Blobs), new CleanRoomRunOptions { CodeMeasurement = measurement ?? world.Measurement, Device = "cpu", Threads = 2 },
+            new BlobOutputSink(Blobs), new CleanRoomRunOptions { CodeMeasurement = measurement ?? world.Measurement, Device = device, Threads = 2 },
             checkpoints: new BlobCheckpointStore(Blobs));
 
     /// <summary>The tiny pipeline with another number of epochs (runs long enough to interrupt or cancel).</summary>

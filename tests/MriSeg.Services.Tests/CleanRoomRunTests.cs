@@ -183,6 +183,20 @@ public sealed class CleanRoomRunTests : IClassFixture<AzuriteFixture>, IDisposab
         await AssertNothingReleasedAsync(world);
     }
 
+    [Fact]
+    public async Task A_trainer_set_to_cuda_without_a_gpu_fails_before_anything_is_released()
+    {
+        var torch = MriSeg.Learning.Torch.TorchRuntime.Initialize();
+        Assert.SkipWhen(torch.IsCuda, "this machine has CUDA: the run would train on it");
+        Assert.SkipWhen(MriSeg.Learning.Torch.TorchRuntimeSettings.FromEnvironment().AllowCpuFallback, "MRISEG_ALLOW_CPU_FALLBACK is set");
+        var world = await env.NewWorldAsync(measurement, Ct);
+        var e = await Assert.ThrowsAsync<CleanRoomRunException>(() => env.Runner(world, device: "cuda").ExecuteAsync(world.Spec("run-cuda"), null, Ct));
+        Assert.Equal(RunFailure.Internal, e.Failure);
+        Assert.Contains("Trainer:Device = cuda", e.Message, StringComparison.Ordinal);
+        Assert.Contains("MRISEG_ALLOW_CPU_FALLBACK=1", e.Message, StringComparison.Ordinal);
+        await AssertNothingReleasedAsync(world);
+    }
+
     private async Task AssertNothingReleasedAsync(CleanRoomWorld.World world)
     {
         await foreach (var item in env.Blobs.GetBlobContainerClient(world.Consumer).GetBlobsAsync(Azure.Storage.Blobs.Models.BlobTraits.None, Azure.Storage.Blobs.Models.BlobStates.None, "outputs/", cancellationToken: Ct))
