@@ -126,14 +126,7 @@ public static class DpBenchmark
         // A CPU generator: libtorch refuses it for CUDA tensors, so data is drawn on the CPU and moved.
         using var generator = new Generator(options.Seed);
         using var plainModel = new UNet2d(options.Model, options.DType, device, generator);
-        using var dpModel = new UNet2d(options.Model, options.DType, device);
-        using (no_grad())
-        {
-            foreach (var (to, from) in dpModel.OrderedParameters().Zip(plainModel.OrderedParameters()))
-            {
-                to.copy_(from);
-            }
-        }
+        using var dpModel = plainModel.Clone(options.DType, device);
 
         using var inputs = randn([slices, options.Model.InChannels, size, size], options.DType, generator: generator).to(device);
         using var targets = rand([slices, options.Model.OutChannels, size, size], options.DType, generator: generator).gt(0.5).to(options.DType, device);

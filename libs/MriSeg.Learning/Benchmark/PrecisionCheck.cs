@@ -76,7 +76,7 @@ public static class PrecisionCheck
 
         var rows = new List<GradientAgreement>();
         var name = device.ToString();
-        using (var onDevice = Copy(reference, ScalarType.Float64, device))
+        using (var onDevice = reference.Clone(ScalarType.Float64, device))
         {
             var (dx, dy) = (x.to(device), y.to(device));
             var folded = Flatten(PerSampleGradients.Compute(onDevice, dx, dy, groupIndex, loss));
@@ -144,7 +144,7 @@ public static class PrecisionCheck
         GradientAgreement Reduced(string label, ScalarType dtype, double? tolerance, bool microBatching = false)
         {
             using var inner = NewDisposeScope();
-            using var copy = Copy(reference, dtype, device);
+            using var copy = reference.Clone(dtype, device);
             var (dx, dy) = (x.to(dtype, device), y.to(dtype, device));
             var gradients = Flatten(microBatching
                 ? PerSampleGradients.ComputeByMicroBatching(copy, dx, dy, SliceGrouping.Create(groupIndex, GroupReduction.Sum), loss)
@@ -171,7 +171,7 @@ public static class PrecisionCheck
         var y = rand([batch, model.OutChannels, size, size], generator: generator).gt(0.5).to(ScalarType.Float32);
         var precisions = new[] { ScalarType.Float32, ScalarType.BFloat16 }.Select(dtype =>
         {
-            var copy = Copy(source, dtype, device);
+            var copy = source.Clone(dtype, device);
             var optimizer = optim.SGD(copy.parameters(), 1e-3, momentum: 0.9);
             return (Dtype: dtype, Model: copy, Optimizer: optimizer, X: x.to(dtype, device), Y: y.to(dtype, device),
                 Plain: new List<double>(), Folded: new List<double>());
@@ -228,20 +228,6 @@ public static class PrecisionCheck
         }
 
         return watch.Elapsed.TotalMilliseconds;
-    }
-
-    private static UNet2d Copy(UNet2d source, ScalarType dtype, Device device)
-    {
-        var copy = new UNet2d(source.Config, dtype, device);
-        using (no_grad())
-        {
-            foreach (var (to, from) in copy.OrderedParameters().Zip(source.OrderedParameters()))
-            {
-                to.copy_(from);
-            }
-        }
-
-        return copy;
     }
 
     /// <summary>[G, P]: each group's gradient over all trainable parameters, as float64 on the CPU.</summary>

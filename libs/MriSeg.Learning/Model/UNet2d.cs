@@ -66,6 +66,31 @@ public sealed class UNet2d : nn.Module<Tensor, Tensor>
     /// <summary>The parameters in layout order (layer i: 2i weight, 2i+1 bias).</summary>
     public IReadOnlyList<Parameter> OrderedParameters() => [.. parameters()];
 
+    /// <summary>Copies <paramref name="source"/>'s weights (same architecture; any dtype or device) into this model.</summary>
+    /// <exception cref="ArgumentException">The architectures differ.</exception>
+    public void LoadWeightsFrom(UNet2d source)
+    {
+        ArgumentNullException.ThrowIfNull(source);
+        if (source.Config != Config)
+        {
+            throw new ArgumentException("the source model's architecture differs from this one's.", nameof(source));
+        }
+
+        using var _ = no_grad();
+        foreach (var (to, from) in OrderedParameters().Zip(source.OrderedParameters()))
+        {
+            to.copy_(from);
+        }
+    }
+
+    /// <summary>A new model of the same architecture with this one's weights, in <paramref name="dtype"/> on <paramref name="device"/>.</summary>
+    public UNet2d Clone(ScalarType dtype, Device device)
+    {
+        var copy = new UNet2d(Config, dtype, device);
+        copy.LoadWeightsFrom(this);
+        return copy;
+    }
+
     /// <summary>
     /// Freezes every parameter that <paramref name="trainable"/> does not select (<see cref="UNetLayout.SelectTrainable"/>:
     /// name prefixes, * as a wildcard; null: all trainable) by clearing its <c>requires_grad</c>: a frozen parameter gets

@@ -811,11 +811,7 @@ public static class SegmentationTrainer
                     throw new ArgumentException("the initial model's architecture differs from the run's model config.");
                 }
 
-                using var _ = no_grad();
-                foreach (var (to, from) in model.OrderedParameters().Zip(initial.OrderedParameters()))
-                {
-                    to.copy_(from);
-                }
+                model.LoadWeightsFrom(initial);
             }
 
             if (_device.type != DeviceType.CPU)
