@@ -1,6 +1,7 @@
 using Azure;
 using Grpc.Core;
 using MriSeg.KeyRelease;
+using MriSeg.ServiceDefaults;
 
 namespace MriSeg.KeyBroker;
 
@@ -13,10 +14,10 @@ internal static class Errors
     public static RpcException Map(Exception e, string operation, ILogger logger, CancellationToken cancellationToken) => e switch
     {
         RpcException rpc => rpc,
-        KeyBrokerException k => new RpcException(new Status(Code(k.Error), k.Message)),
-        OperationCanceledException when cancellationToken.IsCancellationRequested => new RpcException(new Status(StatusCode.Cancelled, $"{operation}: cancelled")),
+        KeyBrokerException k => GrpcErrors.Of(Code(k.Error), k.Message),
+        OperationCanceledException when cancellationToken.IsCancellationRequested => GrpcErrors.Cancelled(operation),
         RequestFailedException storage => Storage(storage, operation, logger),
-        _ => Unexpected(e, operation, logger),
+        _ => GrpcErrors.Unexpected(e, operation, logger),
     };
 
     public static StatusCode Code(KeyBrokerError error) => error switch
@@ -32,16 +33,10 @@ internal static class Errors
         _ => StatusCode.Internal,
     };
 
+    // Unlike the other services, every storage failure is UNAVAILABLE here (a denial too), and it is logged.
     private static RpcException Storage(RequestFailedException e, string operation, ILogger logger)
     {
         logger.LogError(e, "{Operation}: storage error {Status} {Code}", operation, e.Status, e.ErrorCode);
-        return new RpcException(new Status(StatusCode.Unavailable,
-            $"{operation}: storage error {e.Status.ToString(System.Globalization.CultureInfo.InvariantCulture)} ({e.ErrorCode ?? "no error code"})"));
-    }
-
-    private static RpcException Unexpected(Exception e, string operation, ILogger logger)
-    {
-        logger.LogError(e, "{Operation} failed", operation);
-        return new RpcException(new Status(StatusCode.Internal, $"{operation}: failed ({e.GetType().Name}; the service log has the details)"));
+        return GrpcErrors.StorageUnavailable(e, operation);
     }
 }

@@ -1,4 +1,3 @@
-using System.Globalization;
 using Azure;
 using Grpc.Core;
 using MriSeg.CleanRoom.Consumer;
@@ -6,6 +5,7 @@ using MriSeg.Imaging.Nifti;
 using MriSeg.Imaging.Preprocessing;
 using MriSeg.Imaging.Slices;
 using MriSeg.Learning.Torch;
+using MriSeg.ServiceDefaults;
 
 namespace MriSeg.ModelVault;
 
@@ -19,17 +19,18 @@ namespace MriSeg.ModelVault;
 /// </summary>
 internal static class Errors
 {
-    public static RpcException InvalidArgument(string message) => new(new Status(StatusCode.InvalidArgument, message));
+    // The factories the service's code calls; they are the shared ones.
+    public static RpcException InvalidArgument(string message) => GrpcErrors.InvalidArgument(message);
 
-    public static RpcException NotFound(string message) => new(new Status(StatusCode.NotFound, message));
+    public static RpcException NotFound(string message) => GrpcErrors.NotFound(message);
 
-    public static RpcException FailedPrecondition(string message) => new(new Status(StatusCode.FailedPrecondition, message));
+    public static RpcException FailedPrecondition(string message) => GrpcErrors.FailedPrecondition(message);
 
-    public static RpcException PermissionDenied(string message) => new(new Status(StatusCode.PermissionDenied, message));
+    public static RpcException PermissionDenied(string message) => GrpcErrors.PermissionDenied(message);
 
-    public static RpcException Unavailable(string message) => new(new Status(StatusCode.Unavailable, message));
+    public static RpcException Unavailable(string message) => GrpcErrors.Unavailable(message);
 
-    public static RpcException ResourceExhausted(string message) => new(new Status(StatusCode.ResourceExhausted, message));
+    public static RpcException ResourceExhausted(string message) => GrpcErrors.ResourceExhausted(message);
 
     /// <summary>A refused pull as a status.</summary>
     public static RpcException FromPull(ModelPullException e, CancellationToken cancellationToken)
@@ -39,7 +40,7 @@ internal static class Errors
         {
             PullFailure.InvalidRequest => InvalidArgument(message),
             PullFailure.NotFound => NotFound(message),
-            PullFailure.TamperedPackage => new RpcException(new Status(StatusCode.DataLoss, $"refused: {message}")),
+            PullFailure.TamperedPackage => GrpcErrors.DataLoss($"refused: {message}"),
             PullFailure.AttestationRefused => FailedPrecondition($"refused: {message}"),
             PullFailure.KeyRefused => e.InnerException switch
             {
@@ -50,7 +51,7 @@ internal static class Errors
                     FailedPrecondition($"{message} (is ModelVault:PartyKeyPath the key registered for the consumer?)"),
                 _ => PermissionDenied(message),
             },
-            _ => new RpcException(new Status(StatusCode.Internal, message)),
+            _ => GrpcErrors.Internal(message),
         };
     }
 
@@ -58,22 +59,15 @@ internal static class Errors
     public static RpcException Map(Exception e, string operation, ILogger logger, CancellationToken cancellationToken) => e switch
     {
         RpcException rpc => rpc,
-        OperationCanceledException when cancellationToken.IsCancellationRequested => new RpcException(new Status(StatusCode.Cancelled, $"{operation}: cancelled")),
+        OperationCanceledException when cancellationToken.IsCancellationRequested => GrpcErrors.Cancelled(operation),
         ModelPullException pull => FromPull(pull, cancellationToken),
         NiftiFormatException or SliceFormatException or PreprocessException or ArgumentException => InvalidArgument($"{operation}: {OneLine(e.Message)}"),
         TorchUnavailableException torch => FailedPrecondition($"{operation}: libtorch is unavailable on the ModelVault's machine: {OneLine(torch.Message)}"),
         RequestFailedException { Status: 404 } s => NotFound($"{operation}: storage: not found ({s.ErrorCode ?? "404"})"),
-        RequestFailedException { Status: 401 or 403 } s => PermissionDenied($"{operation}: storage denied access ({s.ErrorCode ?? s.Status.ToString(CultureInfo.InvariantCulture)})"),
-        RequestFailedException s => Unavailable($"{operation}: storage error {s.Status.ToString(CultureInfo.InvariantCulture)} ({s.ErrorCode ?? "no error code"})"),
-        IOException or UnauthorizedAccessException => Unexpected(e, operation, logger, StatusCode.Unavailable),
-        _ => Unexpected(e, operation, logger, StatusCode.Internal),
+        RequestFailedException s => GrpcErrors.FromStorage(s, operation),
+        IOException or UnauthorizedAccessException => GrpcErrors.Unexpected(e, operation, logger, StatusCode.Unavailable),
+        _ => GrpcErrors.Unexpected(e, operation, logger),
     };
 
     public static string OneLine(string text) => text.ReplaceLineEndings(" ");
-
-    private static RpcException Unexpected(Exception e, string operation, ILogger logger, StatusCode code)
-    {
-        logger.LogError(e, "{Operation} failed", operation);
-        return new RpcException(new Status(code, $"{operation}: failed ({e.GetType().Name}; the service log has the details)"));
-    }
 }

@@ -1,6 +1,7 @@
 using Azure;
 using Grpc.Core;
 using MriSeg.Sealing;
+using MriSeg.ServiceDefaults;
 
 namespace MriSeg.Packaging;
 
@@ -10,15 +11,16 @@ namespace MriSeg.Packaging;
 /// </summary>
 internal static class Errors
 {
-    public static RpcException InvalidArgument(string message) => new(new Status(StatusCode.InvalidArgument, message));
+    // The factories the service's code calls; they are the shared ones.
+    public static RpcException InvalidArgument(string message) => GrpcErrors.InvalidArgument(message);
 
-    public static RpcException NotFound(string message) => new(new Status(StatusCode.NotFound, message));
+    public static RpcException NotFound(string message) => GrpcErrors.NotFound(message);
 
-    public static RpcException AlreadyExists(string message) => new(new Status(StatusCode.AlreadyExists, message));
+    public static RpcException AlreadyExists(string message) => GrpcErrors.AlreadyExists(message);
 
-    public static RpcException FailedPrecondition(string message) => new(new Status(StatusCode.FailedPrecondition, message));
+    public static RpcException FailedPrecondition(string message) => GrpcErrors.FailedPrecondition(message);
 
-    public static RpcException PermissionDenied(string message) => new(new Status(StatusCode.PermissionDenied, message));
+    public static RpcException PermissionDenied(string message) => GrpcErrors.PermissionDenied(message);
 
     /// <summary>A storage failure while doing <paramref name="what"/> ("reading the source blob hospital-a/x").</summary>
     public static RpcException FromStorage(RequestFailedException e, string what) => e.Status switch
@@ -27,27 +29,19 @@ internal static class Errors
         409 => AlreadyExists($"{what}: already exists ({e.ErrorCode ?? "409"})"),
         412 => FailedPrecondition($"{what}: the blob is not the one expected (its ETag changed)"),
         400 => InvalidArgument($"{what}: storage refused the request ({e.ErrorCode ?? "400"})"),
-        401 or 403 => PermissionDenied($"{what}: storage denied access ({e.ErrorCode ?? e.Status.ToString(System.Globalization.CultureInfo.InvariantCulture)})"),
-        _ => new RpcException(new Status(StatusCode.Unavailable,
-            $"{what}: storage error {e.Status.ToString(System.Globalization.CultureInfo.InvariantCulture)} ({e.ErrorCode ?? "no error code"})")),
+        _ => GrpcErrors.FromStorage(e, what),
     };
 
     /// <summary>Any failure of <paramref name="operation"/> as a status; unexpected ones are logged and answered INTERNAL.</summary>
     public static RpcException Map(Exception e, string operation, ILogger logger, CancellationToken cancellationToken) => e switch
     {
         RpcException rpc => rpc,
-        OperationCanceledException when cancellationToken.IsCancellationRequested => new RpcException(new Status(StatusCode.Cancelled, $"{operation}: cancelled")),
+        OperationCanceledException when cancellationToken.IsCancellationRequested => GrpcErrors.Cancelled(operation),
         OwnerKeyException k => FailedPrecondition(k.Message),
         PartyRegistrationException p => FailedPrecondition(p.Message),
         SealedPackageException { Error: SealingError.InvalidArgument or SealingError.InputTooLarge } s => InvalidArgument(s.Message),
         RequestFailedException storage => FromStorage(storage, operation),
-        IOException io => Unexpected(io, operation, logger, StatusCode.Unavailable),
-        _ => Unexpected(e, operation, logger, StatusCode.Internal),
+        IOException io => GrpcErrors.Unexpected(io, operation, logger, StatusCode.Unavailable),
+        _ => GrpcErrors.Unexpected(e, operation, logger),
     };
-
-    private static RpcException Unexpected(Exception e, string operation, ILogger logger, StatusCode code)
-    {
-        logger.LogError(e, "{Operation} failed", operation);
-        return new RpcException(new Status(code, $"{operation}: failed ({e.GetType().Name}; the service log has the details)"));
-    }
 }
