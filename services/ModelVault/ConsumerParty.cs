@@ -1,3 +1,4 @@
+using MriSeg.ServiceDefaults;
 using Azure.Storage.Blobs;
 using MriSeg.CleanRoom.Consumer;
 using MriSeg.KeyRelease;
@@ -28,13 +29,13 @@ public sealed class ConsumerParty(
         ArgumentNullException.ThrowIfNull(request);
         if (!Ids.IsName(request.RunId))
         {
-            throw Errors.InvalidArgument($"run_id '{Ids.Printable(request.RunId)}' is not a run id ({Ids.NameRule})");
+            throw GrpcErrors.InvalidArgument($"run_id '{Ids.Printable(request.RunId)}' is not a run id ({Ids.NameRule})");
         }
 
         var policy = Policy(request.ExpectedCodeMeasurement);
         if (settings.Authorities.Count == 0)
         {
-            throw Errors.FailedPrecondition(
+            throw GrpcErrors.FailedPrecondition(
                 "the vault trusts no attestation authority, so no run's outputs can be verified: set ModelVault:Attestation:Authorities (or ModelVault:DevelopmentAuthority:Enabled in local runs)");
         }
 
@@ -71,7 +72,7 @@ public sealed class ConsumerParty(
         ArgumentNullException.ThrowIfNull(request);
         if (string.IsNullOrWhiteSpace(request.ReleasePolicyJson))
         {
-            throw Errors.InvalidArgument("release_policy_json is required (the Azure Key Vault secure-key-release policy naming the clean room that may use the key)");
+            throw GrpcErrors.InvalidArgument("release_policy_json is required (the Azure Key Vault secure-key-release policy naming the clean room that may use the key)");
         }
 
         using var key = LoadKey();
@@ -104,10 +105,10 @@ public sealed class ConsumerParty(
             Grpc.Core.StatusCode.InvalidArgument or Grpc.Core.StatusCode.AlreadyExists or Grpc.Core.StatusCode.NotFound =>
                 new Grpc.Core.RpcException(new Grpc.Core.Status(e.StatusCode, $"{what}: the KeyBroker says: {detail}")),
             Grpc.Core.StatusCode.Unauthenticated or Grpc.Core.StatusCode.PermissionDenied or Grpc.Core.StatusCode.FailedPrecondition =>
-                Errors.FailedPrecondition($"{what}: the KeyBroker does not accept the vault's credentials for the consumer: {detail}"),
+                GrpcErrors.FailedPrecondition($"{what}: the KeyBroker does not accept the vault's credentials for the consumer: {detail}"),
             Grpc.Core.StatusCode.Cancelled when cancellationToken.IsCancellationRequested => new Grpc.Core.RpcException(new Grpc.Core.Status(Grpc.Core.StatusCode.Cancelled, $"{what}: cancelled")),
             Grpc.Core.StatusCode.Unavailable or Grpc.Core.StatusCode.DeadlineExceeded or Grpc.Core.StatusCode.Cancelled =>
-                Errors.Unavailable($"{what}: the KeyBroker cannot be reached or did not answer in time ({e.StatusCode}: {detail})"),
+                GrpcErrors.Unavailable($"{what}: the KeyBroker cannot be reached or did not answer in time ({e.StatusCode}: {detail})"),
             _ => new Grpc.Core.RpcException(new Grpc.Core.Status(Grpc.Core.StatusCode.Internal, $"{what}: the KeyBroker answered {e.StatusCode}: {detail}")),
         };
     }
@@ -122,20 +123,20 @@ public sealed class ConsumerParty(
         {
             return settings.AllowedMeasurements.Count > 0
                 ? new ProvenancePolicy { AllowedMeasurements = settings.AllowedMeasurements }
-                : throw Errors.InvalidArgument(
+                : throw GrpcErrors.InvalidArgument(
                     "no acceptable trainer code measurement: name the one you expect in expected_code_measurement (mriseg model pull --expect-measurement HEX), "
                     + "or configure ModelVault:AllowedMeasurements; the vault accepts no run whose code it was not told to trust");
         }
 
         if (!ModelVaultSettings.IsMeasurement(expected))
         {
-            throw Errors.InvalidArgument($"expected_code_measurement '{Ids.Printable(expected)}' is not a code measurement (16 to 256 hex digits)");
+            throw GrpcErrors.InvalidArgument($"expected_code_measurement '{Ids.Printable(expected)}' is not a code measurement (16 to 256 hex digits)");
         }
 
         var normalised = expected.ToLowerInvariant();
         if (settings.AllowedMeasurements.Count > 0 && !settings.AllowedMeasurements.Contains(normalised, StringComparer.Ordinal))
         {
-            throw Errors.InvalidArgument(
+            throw GrpcErrors.InvalidArgument(
                 $"expected_code_measurement {normalised[..16]}… is not in ModelVault:AllowedMeasurements: a request may narrow the vault's allow-list, not widen it");
         }
 
@@ -147,13 +148,13 @@ public sealed class ConsumerParty(
 
     private SigningKey LoadKey()
     {
-        var path = settings.PartyKeyPath ?? throw Errors.FailedPrecondition(
+        var path = settings.PartyKeyPath ?? throw GrpcErrors.FailedPrecondition(
             $"the vault has no signing key for consumer '{settings.Consumer}': set ModelVault:PartyKeyPath (or ModelVault:KeysDirectory holding {settings.Consumer}.key), "
             + "the key the consumer registered with the KeyBroker");
         if (!File.Exists(path))
         {
             logger.LogWarning("No signing key for consumer {Consumer}: expected {Path}", settings.Consumer, path);
-            throw Errors.FailedPrecondition(
+            throw GrpcErrors.FailedPrecondition(
                 $"the vault has no signing key for consumer '{settings.Consumer}': {Path.GetFileName(path)} is missing from its key folder "
                 + "(provision it: `mriseg keygen --out <folder>/" + settings.Consumer + "`; in Development Packaging makes it at the consumer's first HandOffKey)");
         }
@@ -166,7 +167,7 @@ public sealed class ConsumerParty(
             or System.Security.Cryptography.CryptographicException)
         {
             logger.LogError("The signing key of consumer {Consumer} at {Path} cannot be used: {Reason}", settings.Consumer, path, e.Message);
-            throw Errors.FailedPrecondition($"the signing key of consumer '{settings.Consumer}' cannot be used (the service log says why)");
+            throw GrpcErrors.FailedPrecondition($"the signing key of consumer '{settings.Consumer}' cannot be used (the service log says why)");
         }
     }
 }

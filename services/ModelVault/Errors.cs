@@ -19,37 +19,24 @@ namespace MriSeg.ModelVault;
 /// </summary>
 internal static class Errors
 {
-    // The factories the service's code calls; they are the shared ones.
-    public static RpcException InvalidArgument(string message) => GrpcErrors.InvalidArgument(message);
-
-    public static RpcException NotFound(string message) => GrpcErrors.NotFound(message);
-
-    public static RpcException FailedPrecondition(string message) => GrpcErrors.FailedPrecondition(message);
-
-    public static RpcException PermissionDenied(string message) => GrpcErrors.PermissionDenied(message);
-
-    public static RpcException Unavailable(string message) => GrpcErrors.Unavailable(message);
-
-    public static RpcException ResourceExhausted(string message) => GrpcErrors.ResourceExhausted(message);
-
     /// <summary>A refused pull as a status.</summary>
     public static RpcException FromPull(ModelPullException e, CancellationToken cancellationToken)
     {
         var message = OneLine(e.Message);
         return e.Failure switch
         {
-            PullFailure.InvalidRequest => InvalidArgument(message),
-            PullFailure.NotFound => NotFound(message),
+            PullFailure.InvalidRequest => GrpcErrors.InvalidArgument(message),
+            PullFailure.NotFound => GrpcErrors.NotFound(message),
             PullFailure.TamperedPackage => GrpcErrors.DataLoss($"refused: {message}"),
-            PullFailure.AttestationRefused => FailedPrecondition($"refused: {message}"),
+            PullFailure.AttestationRefused => GrpcErrors.FailedPrecondition($"refused: {message}"),
             PullFailure.KeyRefused => e.InnerException switch
             {
-                RpcException { StatusCode: StatusCode.Unavailable or StatusCode.DeadlineExceeded } => Unavailable(message),
+                RpcException { StatusCode: StatusCode.Unavailable or StatusCode.DeadlineExceeded } => GrpcErrors.Unavailable(message),
                 RpcException { StatusCode: StatusCode.Cancelled } when !cancellationToken.IsCancellationRequested =>
-                    Unavailable($"{message} (no answer in time: ModelVault:KeyBrokerTimeoutSeconds)"),
+                    GrpcErrors.Unavailable($"{message} (no answer in time: ModelVault:KeyBrokerTimeoutSeconds)"),
                 RpcException { StatusCode: StatusCode.Unauthenticated } =>
-                    FailedPrecondition($"{message} (is ModelVault:PartyKeyPath the key registered for the consumer?)"),
-                _ => PermissionDenied(message),
+                    GrpcErrors.FailedPrecondition($"{message} (is ModelVault:PartyKeyPath the key registered for the consumer?)"),
+                _ => GrpcErrors.PermissionDenied(message),
             },
             _ => GrpcErrors.Internal(message),
         };
@@ -61,9 +48,9 @@ internal static class Errors
         RpcException rpc => rpc,
         OperationCanceledException when cancellationToken.IsCancellationRequested => GrpcErrors.Cancelled(operation),
         ModelPullException pull => FromPull(pull, cancellationToken),
-        NiftiFormatException or SliceFormatException or PreprocessException or ArgumentException => InvalidArgument($"{operation}: {OneLine(e.Message)}"),
-        TorchUnavailableException torch => FailedPrecondition($"{operation}: libtorch is unavailable on the ModelVault's machine: {OneLine(torch.Message)}"),
-        RequestFailedException { Status: 404 } s => NotFound($"{operation}: storage: not found ({s.ErrorCode ?? "404"})"),
+        NiftiFormatException or SliceFormatException or PreprocessException or ArgumentException => GrpcErrors.InvalidArgument($"{operation}: {OneLine(e.Message)}"),
+        TorchUnavailableException torch => GrpcErrors.FailedPrecondition($"{operation}: libtorch is unavailable on the ModelVault's machine: {OneLine(torch.Message)}"),
+        RequestFailedException { Status: 404 } s => GrpcErrors.NotFound($"{operation}: storage: not found ({s.ErrorCode ?? "404"})"),
         RequestFailedException s => GrpcErrors.FromStorage(s, operation),
         IOException or UnauthorizedAccessException => GrpcErrors.Unexpected(e, operation, logger, StatusCode.Unavailable),
         _ => GrpcErrors.Unexpected(e, operation, logger),

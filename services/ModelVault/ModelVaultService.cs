@@ -1,3 +1,4 @@
+using MriSeg.ServiceDefaults;
 using System.Threading.Channels;
 using Google.Protobuf.WellKnownTypes;
 using Grpc.Core;
@@ -130,11 +131,11 @@ public sealed class ModelVaultService(ConsumerParty consumer, ModelRegistry regi
         {
             if (!Ids.IsName(request.ModelId))
             {
-                throw Errors.InvalidArgument($"model_id '{Ids.Printable(request.ModelId)}' is not a model id ({Ids.NameRule})");
+                throw GrpcErrors.InvalidArgument($"model_id '{Ids.Printable(request.ModelId)}' is not a model id ({Ids.NameRule})");
             }
 
             return await registry.GetAsync(request.ModelId, context.CancellationToken)
-                ?? throw Errors.NotFound($"no model '{request.ModelId}' is registered (ListModels lists them; PullModel registers a run's model)");
+                ?? throw GrpcErrors.NotFound($"no model '{request.ModelId}' is registered (ListModels lists them; PullModel registers a run's model)");
         }
         catch (Exception e)
         {

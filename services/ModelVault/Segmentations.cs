@@ -37,22 +37,22 @@ public sealed class Segmentations(ModelVaultSettings settings, ModelRegistry reg
         ArgumentNullException.ThrowIfNull(request);
         if (!Ids.IsName(request.ModelId))
         {
-            throw Errors.InvalidArgument($"model_id '{Ids.Printable(request.ModelId)}' is not a model id ({Ids.NameRule})");
+            throw GrpcErrors.InvalidArgument($"model_id '{Ids.Printable(request.ModelId)}' is not a model id ({Ids.NameRule})");
         }
 
         var threshold = request.Threshold == 0 ? DefaultThreshold : request.Threshold;
         if (!(threshold > 0 && threshold < 1))
         {
-            throw Errors.InvalidArgument($"threshold {threshold} must be in (0, 1) (0: the default {DefaultThreshold})");
+            throw GrpcErrors.InvalidArgument($"threshold {threshold} must be in (0, 1) (0: the default {DefaultThreshold})");
         }
 
         if (request.InputCase == V1.SegmentRequest.InputOneofCase.None)
         {
-            throw Errors.InvalidArgument("an input is required: data (inline bytes, with file_name or format) or location");
+            throw GrpcErrors.InvalidArgument("an input is required: data (inline bytes, with file_name or format) or location");
         }
 
         var record = await registry.GetAsync(request.ModelId, cancellationToken).ConfigureAwait(false)
-            ?? throw Errors.NotFound($"no model '{request.ModelId}' is registered (ListModels lists them; PullModel registers a run's model)");
+            ?? throw GrpcErrors.NotFound($"no model '{request.ModelId}' is registered (ListModels lists them; PullModel registers a run's model)");
         var folder = registry.FolderOf(record.ModelId);
         await CheckModelFilesAsync(record, folder, cancellationToken).ConfigureAwait(false);
 
@@ -75,7 +75,7 @@ public sealed class Segmentations(ModelVaultSettings settings, ModelRegistry reg
             catch (Exception e) when (e is NiftiFormatException or SliceFormatException or PreprocessException or ArgumentException)
             {
                 // The input's fault: said with the channel's name, not the service's temporary paths.
-                throw Errors.InvalidArgument("Segment: " + Scrub(e.Message, scratch));
+                throw GrpcErrors.InvalidArgument("Segment: " + Scrub(e.Message, scratch));
             }
 
             var response = new V1.SegmentResponse
@@ -93,7 +93,7 @@ public sealed class Segmentations(ModelVaultSettings settings, ModelRegistry reg
             response.Regions.AddRange(result.Regions.Select(r => new V1.RegionVolume { Region = r.Region, Voxels = r.Voxels, Millilitres = r.CubicMillimetres / 1000 }));
             if (response.CalculateSize() > GrpcHostingExtensions.MaxMessageBytes)
             {
-                throw Errors.ResourceExhausted(
+                throw GrpcErrors.ResourceExhausted(
                     $"the mask{(overlayPath is null ? "" : " and overlay")} take {response.CalculateSize():N0} bytes, more than a message may carry ({GrpcHostingExtensions.MaxMessageBytes:N0})");
             }
 
@@ -115,7 +115,7 @@ public sealed class Segmentations(ModelVaultSettings settings, ModelRegistry reg
         var weights = Path.Combine(folder, UNetModelFile.WeightsFileName);
         if (!File.Exists(weights) || !File.Exists(Path.Combine(folder, TrainingOutputs.ManifestFileName)))
         {
-            throw Errors.FailedPrecondition(
+            throw GrpcErrors.FailedPrecondition(
                 $"model '{record.ModelId}' is registered but its files are not in the vault's models folder (ModelVault:ModelsDirectory): pull run {record.RunId} again");
         }
 
@@ -123,7 +123,7 @@ public sealed class Segmentations(ModelVaultSettings settings, ModelRegistry reg
         var sha = Convert.ToHexStringLower(await SHA256.HashDataAsync(stream, cancellationToken).ConfigureAwait(false));
         if (!string.Equals(sha, record.ModelSha256, StringComparison.OrdinalIgnoreCase))
         {
-            throw Errors.FailedPrecondition($"model '{record.ModelId}': its weights on disk are not the registered ones (SHA-256 {sha[..16]}…, registered {record.ModelSha256[..Math.Min(16, record.ModelSha256.Length)]}…): pull run {record.RunId} again");
+            throw GrpcErrors.FailedPrecondition($"model '{record.ModelId}': its weights on disk are not the registered ones (SHA-256 {sha[..16]}…, registered {record.ModelSha256[..Math.Min(16, record.ModelSha256.Length)]}…): pull run {record.RunId} again");
         }
     }
 
@@ -136,7 +136,7 @@ public sealed class Segmentations(ModelVaultSettings settings, ModelRegistry reg
         catch (Exception e) when (e is FormatException or IOException or InvalidDataException or ArgumentException)
         {
             logger.LogError(e, "Model {ModelId} in {Folder} cannot be loaded", modelId, folder);
-            throw Errors.FailedPrecondition($"model '{modelId}' cannot be loaded: {Errors.OneLine(e.Message)}");
+            throw GrpcErrors.FailedPrecondition($"model '{modelId}' cannot be loaded: {Errors.OneLine(e.Message)}");
         }
     }
 
@@ -150,17 +150,17 @@ public sealed class Segmentations(ModelVaultSettings settings, ModelRegistry reg
             channels.AddRange(request.ExtraChannels);
             if (channels.Count != modalities.Count)
             {
-                throw Errors.InvalidArgument(
+                throw GrpcErrors.InvalidArgument(
                     $"the model takes {channelList} in that order; the request has {channels.Count} (data and {request.ExtraChannels.Count} extra_channels)");
             }
 
             if (channels.Any(c => c.IsEmpty))
             {
-                throw Errors.InvalidArgument("data and every extra channel must hold an image (one is empty)");
+                throw GrpcErrors.InvalidArgument("data and every extra channel must hold an image (one is empty)");
             }
 
             var format = request.Format != V1.ImageFormat.Unspecified ? request.Format : FormatOf(request.FileName)
-                ?? throw Errors.InvalidArgument($"the input's format is unknown: set format, or a file_name ending in .nii, .nii.gz or .png (got '{Ids.Printable(request.FileName)}')");
+                ?? throw GrpcErrors.InvalidArgument($"the input's format is unknown: set format, or a file_name ending in .nii, .nii.gz or .png (got '{Ids.Printable(request.FileName)}')");
             var input = scratch.Sub("input");
             var files = new List<string>();
             for (var k = 0; k < channels.Count; k++)
@@ -177,7 +177,7 @@ public sealed class Segmentations(ModelVaultSettings settings, ModelRegistry reg
 
         if (request.ExtraChannels.Count > 0)
         {
-            throw Errors.InvalidArgument("extra_channels go with inline data only: a location names a case folder, or a file whose folder holds the other channels");
+            throw GrpcErrors.InvalidArgument("extra_channels go with inline data only: a location names a case folder, or a file whose folder holds the other channels");
         }
 
         var location = request.Location;
@@ -187,28 +187,28 @@ public sealed class Segmentations(ModelVaultSettings settings, ModelRegistry reg
             case V1.Location.WhereOneofCase.LocalPath:
                 if (!settings.AllowLocalPaths)
                 {
-                    throw Errors.PermissionDenied("local paths are not allowed on this service (ModelVault:AllowLocalPaths); send the image inline or put it in a blob");
+                    throw GrpcErrors.PermissionDenied("local paths are not allowed on this service (ModelVault:AllowLocalPaths); send the image inline or put it in a blob");
                 }
 
                 if (!Path.IsPathFullyQualified(location.LocalPath))
                 {
-                    throw Errors.InvalidArgument($"local path '{Ids.Printable(location.LocalPath)}' must be absolute");
+                    throw GrpcErrors.InvalidArgument($"local path '{Ids.Printable(location.LocalPath)}' must be absolute");
                 }
 
                 local = File.Exists(location.LocalPath) || Directory.Exists(location.LocalPath)
                     ? location.LocalPath
-                    : throw Errors.NotFound($"{location.LocalPath}: no such file or folder");
+                    : throw GrpcErrors.NotFound($"{location.LocalPath}: no such file or folder");
                 break;
             case V1.Location.WhereOneofCase.Blob:
                 local = await DownloadAsync(location.Blob, modalities.Count, scratch.Sub("input"), ct).ConfigureAwait(false);
                 break;
             default:
-                throw Errors.InvalidArgument("location must be a blob (container and name) or a local path");
+                throw GrpcErrors.InvalidArgument("location must be a blob (container and name) or a local path");
         }
 
         if (local.Contains(',', StringComparison.Ordinal))
         {
-            throw Errors.InvalidArgument($"input path '{Ids.Printable(local)}' holds a ',', which is not supported here");
+            throw GrpcErrors.InvalidArgument($"input path '{Ids.Printable(local)}' holds a ',', which is not supported here");
         }
 
         IReadOnlyList<string> resolved;
@@ -219,13 +219,13 @@ public sealed class Segmentations(ModelVaultSettings settings, ModelRegistry reg
         catch (Exception e) when (e is ArgumentException or PreprocessException)
         {
             var where = location.WhereCase == V1.Location.WhereOneofCase.Blob ? $"blob {location.Blob.Container}/{location.Blob.Name.TrimEnd('/')}" : location.LocalPath;
-            throw Errors.InvalidArgument("Segment: " + Scrub(e.Message, scratch, where));
+            throw GrpcErrors.InvalidArgument("Segment: " + Scrub(e.Message, scratch, where));
         }
 
         var expected = request.Format;
         if (expected != V1.ImageFormat.Unspecified && resolved.Any(f => FormatOf(f) != expected))
         {
-            throw Errors.InvalidArgument($"format {expected} was asked for, but the input's files are {string.Join(", ", resolved.Select(Path.GetFileName))}");
+            throw GrpcErrors.InvalidArgument($"format {expected} was asked for, but the input's files are {string.Join(", ", resolved.Select(Path.GetFileName))}");
         }
 
         return resolved;
@@ -239,7 +239,7 @@ public sealed class Segmentations(ModelVaultSettings settings, ModelRegistry reg
     {
         if (string.IsNullOrEmpty(blob.Container) || string.IsNullOrEmpty(blob.Name))
         {
-            throw Errors.InvalidArgument("location.blob needs a container and a name (a file, or a case folder's prefix)");
+            throw GrpcErrors.InvalidArgument("location.blob needs a container and a name (a file, or a case folder's prefix)");
         }
 
         var container = blobs.GetBlobContainerClient(blob.Container);
@@ -275,19 +275,19 @@ public sealed class Segmentations(ModelVaultSettings settings, ModelRegistry reg
 
             if (++count > MaxBlobFiles)
             {
-                throw Errors.InvalidArgument($"blob {blob.Container}/{prefix}: more than {MaxBlobFiles} blobs; name one case folder");
+                throw GrpcErrors.InvalidArgument($"blob {blob.Container}/{prefix}: more than {MaxBlobFiles} blobs; name one case folder");
             }
 
             bytes += item.Properties.ContentLength ?? 0;
             if (bytes > settings.MaxBlobInputBytes)
             {
-                throw Errors.ResourceExhausted($"blob {blob.Container}/{prefix}: more than {settings.MaxBlobInputBytes / (1024 * 1024)} MiB (ModelVault:MaxBlobInputMegabytes)");
+                throw GrpcErrors.ResourceExhausted($"blob {blob.Container}/{prefix}: more than {settings.MaxBlobInputBytes / (1024 * 1024)} MiB (ModelVault:MaxBlobInputMegabytes)");
             }
 
             var target = Path.GetFullPath(Path.Combine(folder, relative));
             if (!target.StartsWith(folder + Path.DirectorySeparatorChar, StringComparison.Ordinal))
             {
-                throw Errors.InvalidArgument($"blob name {Ids.Printable(item.Name)} escapes its folder");
+                throw GrpcErrors.InvalidArgument($"blob name {Ids.Printable(item.Name)} escapes its folder");
             }
 
             Directory.CreateDirectory(Path.GetDirectoryName(target)!);
@@ -296,7 +296,7 @@ public sealed class Segmentations(ModelVaultSettings settings, ModelRegistry reg
 
         if (count == 0)
         {
-            throw Errors.NotFound($"blob {blob.Container}/{blob.Name}: no such blob, and no blobs under {blob.Container}/{prefix}");
+            throw GrpcErrors.NotFound($"blob {blob.Container}/{blob.Name}: no such blob, and no blobs under {blob.Container}/{prefix}");
         }
 
         return exists ? Path.Combine(folder, SafeFileName(name)) : folder;
@@ -317,7 +317,7 @@ public sealed class Segmentations(ModelVaultSettings settings, ModelRegistry reg
         var file = blobName.TrimEnd('/');
         file = file[(file.LastIndexOf('/') + 1)..];
         return file is "" or "." or ".." || file.IndexOfAny(Path.GetInvalidFileNameChars()) >= 0
-            ? throw Errors.InvalidArgument($"blob name {Ids.Printable(blobName)} does not end in a file name")
+            ? throw GrpcErrors.InvalidArgument($"blob name {Ids.Printable(blobName)} does not end in a file name")
             : file;
     }
 

@@ -11,24 +11,13 @@ namespace MriSeg.Packaging;
 /// </summary>
 internal static class Errors
 {
-    // The factories the service's code calls; they are the shared ones.
-    public static RpcException InvalidArgument(string message) => GrpcErrors.InvalidArgument(message);
-
-    public static RpcException NotFound(string message) => GrpcErrors.NotFound(message);
-
-    public static RpcException AlreadyExists(string message) => GrpcErrors.AlreadyExists(message);
-
-    public static RpcException FailedPrecondition(string message) => GrpcErrors.FailedPrecondition(message);
-
-    public static RpcException PermissionDenied(string message) => GrpcErrors.PermissionDenied(message);
-
     /// <summary>A storage failure while doing <paramref name="what"/> ("reading the source blob hospital-a/x").</summary>
     public static RpcException FromStorage(RequestFailedException e, string what) => e.Status switch
     {
-        404 => NotFound($"{what}: not found ({e.ErrorCode ?? "404"})"),
-        409 => AlreadyExists($"{what}: already exists ({e.ErrorCode ?? "409"})"),
-        412 => FailedPrecondition($"{what}: the blob is not the one expected (its ETag changed)"),
-        400 => InvalidArgument($"{what}: storage refused the request ({e.ErrorCode ?? "400"})"),
+        404 => GrpcErrors.NotFound($"{what}: not found ({e.ErrorCode ?? "404"})"),
+        409 => GrpcErrors.AlreadyExists($"{what}: already exists ({e.ErrorCode ?? "409"})"),
+        412 => GrpcErrors.FailedPrecondition($"{what}: the blob is not the one expected (its ETag changed)"),
+        400 => GrpcErrors.InvalidArgument($"{what}: storage refused the request ({e.ErrorCode ?? "400"})"),
         _ => GrpcErrors.FromStorage(e, what),
     };
 
@@ -37,9 +26,9 @@ internal static class Errors
     {
         RpcException rpc => rpc,
         OperationCanceledException when cancellationToken.IsCancellationRequested => GrpcErrors.Cancelled(operation),
-        OwnerKeyException k => FailedPrecondition(k.Message),
-        PartyRegistrationException p => FailedPrecondition(p.Message),
-        SealedPackageException { Error: SealingError.InvalidArgument or SealingError.InputTooLarge } s => InvalidArgument(s.Message),
+        OwnerKeyException k => GrpcErrors.FailedPrecondition(k.Message),
+        PartyRegistrationException p => GrpcErrors.FailedPrecondition(p.Message),
+        SealedPackageException { Error: SealingError.InvalidArgument or SealingError.InputTooLarge } s => GrpcErrors.InvalidArgument(s.Message),
         RequestFailedException storage => FromStorage(storage, operation),
         IOException io => GrpcErrors.Unexpected(io, operation, logger, StatusCode.Unavailable),
         _ => GrpcErrors.Unexpected(e, operation, logger),

@@ -1,3 +1,4 @@
+using MriSeg.ServiceDefaults;
 using System.Collections.Concurrent;
 using System.Text;
 using Grpc.Core;
@@ -24,26 +25,26 @@ public sealed class KeyHandOff(V1.KeyBroker.KeyBrokerClient broker, OwnerKeyStor
         var ownerText = !string.IsNullOrEmpty(request.Owner) ? request.Owner : request.Contract?.Owner ?? "";
         if (string.IsNullOrEmpty(ownerText))
         {
-            throw Errors.InvalidArgument("owner is required (or contract.owner): the owner whose signing key authenticates the import");
+            throw GrpcErrors.InvalidArgument("owner is required (or contract.owner): the owner whose signing key authenticates the import");
         }
 
-        var owner = OwnerIds.Canonicalize(ownerText, out var ownerError) ?? throw Errors.InvalidArgument(ownerError);
+        var owner = OwnerIds.Canonicalize(ownerText, out var ownerError) ?? throw GrpcErrors.InvalidArgument(ownerError);
         if (!string.IsNullOrEmpty(request.Owner) && !string.IsNullOrEmpty(request.Contract?.Owner)
             && OwnerIds.Canonicalize(request.Contract.Owner, out _) != owner)
         {
-            throw Errors.InvalidArgument($"owner '{owner}' and contract.owner '{OwnerIds.Printable(request.Contract.Owner)}' differ");
+            throw GrpcErrors.InvalidArgument($"owner '{owner}' and contract.owner '{OwnerIds.Printable(request.Contract.Owner)}' differ");
         }
 
         if (!Ids.IsKeyId(request.KeyId))
         {
-            throw Errors.InvalidArgument($"key_id '{OwnerIds.Printable(request.KeyId)}' is not a data key id (32 lower-case hex digits)");
+            throw GrpcErrors.InvalidArgument($"key_id '{OwnerIds.Printable(request.KeyId)}' is not a data key id (32 lower-case hex digits)");
         }
 
         var role = PartyRoles.OwnerOf(request.Purpose)
-            ?? throw Errors.InvalidArgument("purpose is required: KEY_PURPOSE_DATASET, KEY_PURPOSE_MODEL or KEY_PURPOSE_OUTPUT");
+            ?? throw GrpcErrors.InvalidArgument("purpose is required: KEY_PURPOSE_DATASET, KEY_PURPOSE_MODEL or KEY_PURPOSE_OUTPUT");
         if (request.WrappedDataKey.IsEmpty)
         {
-            throw Errors.InvalidArgument("wrapped_data_key is required: the data key wrapped to the KeyBroker's public key (Seal with recipient_public_key_pem = KeyBroker.GetBrokerKey)");
+            throw GrpcErrors.InvalidArgument("wrapped_data_key is required: the data key wrapped to the KeyBroker's public key (Seal with recipient_public_key_pem = KeyBroker.GetBrokerKey)");
         }
 
         WrappedKey wrapped;
@@ -53,22 +54,22 @@ public sealed class KeyHandOff(V1.KeyBroker.KeyBrokerClient broker, OwnerKeyStor
         }
         catch (Exception e) when (e is SealedPackageException or ArgumentException or DecoderFallbackException)
         {
-            throw Errors.InvalidArgument("wrapped_data_key is not a wrapped-key document: " + (e is SealedPackageException ? e.Message : "not UTF-8 JSON"));
+            throw GrpcErrors.InvalidArgument("wrapped_data_key is not a wrapped-key document: " + (e is SealedPackageException ? e.Message : "not UTF-8 JSON"));
         }
 
         if (wrapped.KeyId != request.KeyId)
         {
-            throw Errors.InvalidArgument($"wrapped_data_key holds key {wrapped.KeyId}, not key_id {request.KeyId}");
+            throw GrpcErrors.InvalidArgument($"wrapped_data_key holds key {wrapped.KeyId}, not key_id {request.KeyId}");
         }
 
         if (string.IsNullOrWhiteSpace(request.ReleasePolicyJson))
         {
-            throw Errors.InvalidArgument("release_policy_json is required (the Azure Key Vault secure-key-release grammar)");
+            throw GrpcErrors.InvalidArgument("release_policy_json is required (the Azure Key Vault secure-key-release grammar)");
         }
 
         if (request.Purpose == V1.KeyPurpose.Dataset && request.Contract is null)
         {
-            throw Errors.InvalidArgument("contract is required for a dataset key");
+            throw GrpcErrors.InvalidArgument("contract is required for a dataset key");
         }
 
         // 2. The owner's identity towards the broker: its signing key, registered.
@@ -96,7 +97,7 @@ public sealed class KeyHandOff(V1.KeyBroker.KeyBrokerClient broker, OwnerKeyStor
     /// <summary>The KeyBroker's public key, fetched as <paramref name="owner"/> (registered first with the role of <paramref name="purpose"/>'s owner).</summary>
     public async Task<RecipientPublicKey> BrokerRecipientAsync(string owner, V1.KeyPurpose purpose, CancellationToken cancellationToken)
     {
-        var role = PartyRoles.OwnerOf(purpose) ?? throw Errors.InvalidArgument($"no key purpose for this content type ({purpose})");
+        var role = PartyRoles.OwnerOf(purpose) ?? throw GrpcErrors.InvalidArgument($"no key purpose for this content type ({purpose})");
         var signer = await keys.GetAsync(owner, cancellationToken);
         var party = new KeyBrokerParty(broker, owner, signer);
         await EnsureRegisteredAsync(party, signer.Thumbprint, role, cancellationToken);
@@ -116,7 +117,7 @@ public sealed class KeyHandOff(V1.KeyBroker.KeyBrokerClient broker, OwnerKeyStor
         }
         catch (SealedPackageException e)
         {
-            throw Errors.FailedPrecondition($"the KeyBroker's public key is unusable: {e.Message}");
+            throw GrpcErrors.FailedPrecondition($"the KeyBroker's public key is unusable: {e.Message}");
         }
     }
 
@@ -135,14 +136,14 @@ public sealed class KeyHandOff(V1.KeyBroker.KeyBrokerClient broker, OwnerKeyStor
         }
         catch (RpcException e) when (e.StatusCode == StatusCode.PermissionDenied && e.Status.Detail.Contains(KeyBrokerParty.FirstRegistrationNeedsAdmin, StringComparison.Ordinal))
         {
-            throw Errors.FailedPrecondition(settings.KeyBrokerAdminToken is null
+            throw GrpcErrors.FailedPrecondition(settings.KeyBrokerAdminToken is null
                 ? $"owner '{party.PartyId}' is not registered with the KeyBroker, which needs the operator's admin token for a first registration: set Packaging:KeyBrokerAdminToken"
                 : $"owner '{party.PartyId}' is not registered with the KeyBroker, and it refused Packaging:KeyBrokerAdminToken: {OneLine(e.Status.Detail)}");
         }
         catch (RpcException e) when (e.StatusCode is StatusCode.PermissionDenied or StatusCode.FailedPrecondition or StatusCode.Unauthenticated)
         {
             // Another registered key, another role, a token the broker does not accept: the owner's registration is in the way.
-            throw Errors.FailedPrecondition($"registering owner '{party.PartyId}' (key {thumbprint[..16]}…) with the KeyBroker as {role.ShortName()}: {OneLine(e.Status.Detail)}");
+            throw GrpcErrors.FailedPrecondition($"registering owner '{party.PartyId}' (key {thumbprint[..16]}…) with the KeyBroker as {role.ShortName()}: {OneLine(e.Status.Detail)}");
         }
         catch (RpcException e)
         {
@@ -166,7 +167,7 @@ public sealed class KeyHandOff(V1.KeyBroker.KeyBrokerClient broker, OwnerKeyStor
             case StatusCode.InvalidArgument or StatusCode.AlreadyExists or StatusCode.NotFound or StatusCode.PermissionDenied or StatusCode.FailedPrecondition:
                 return new RpcException(new Status(e.StatusCode, $"{what}: the KeyBroker says: {detail}"));
             case StatusCode.Unauthenticated:
-                return Errors.FailedPrecondition($"{what}: the KeyBroker does not accept the owner's credentials: {detail}");
+                return GrpcErrors.FailedPrecondition($"{what}: the KeyBroker does not accept the owner's credentials: {detail}");
             case StatusCode.Unavailable or StatusCode.DeadlineExceeded:
                 logger.LogWarning("{What}: the KeyBroker is unreachable ({Status}): {Detail}", what, e.StatusCode, detail);
                 return new RpcException(new Status(StatusCode.Unavailable, $"{what}: the KeyBroker cannot be reached ({e.StatusCode}: {detail})"));

@@ -79,18 +79,18 @@ public sealed class PackagingService(
         Action<SealJob> started, CancellationToken cancellationToken)
     {
         // 1. Everything that can be checked without touching storage.
-        var owner = OwnerIds.Canonicalize(request.Owner, out var ownerError) ?? throw Errors.InvalidArgument(ownerError);
+        var owner = OwnerIds.Canonicalize(request.Owner, out var ownerError) ?? throw GrpcErrors.InvalidArgument(ownerError);
         var contentType = Mapping.ToLibrary(request.ContentType)
-            ?? throw Errors.InvalidArgument("content_type is required: dataset, model, pipeline, output or checkpoint");
+            ?? throw GrpcErrors.InvalidArgument("content_type is required: dataset, model, pipeline, output or checkpoint");
         var chunkSize = request.ChunkSize == 0 ? PackageFormat.DefaultChunkSize : request.ChunkSize;
         if (chunkSize < PackageFormat.MinChunkSize || chunkSize > PackageFormat.MaxChunkSize)
         {
-            throw Errors.InvalidArgument($"chunk_size {request.ChunkSize}: must be 0 (the default) or between {PackageFormat.MinChunkSize} and {PackageFormat.MaxChunkSize}");
+            throw GrpcErrors.InvalidArgument($"chunk_size {request.ChunkSize}: must be 0 (the default) or between {PackageFormat.MinChunkSize} and {PackageFormat.MaxChunkSize}");
         }
 
         if (request.RecipientIsKeyBroker && !string.IsNullOrWhiteSpace(request.RecipientPublicKeyPem))
         {
-            throw Errors.InvalidArgument("give recipient_public_key_pem or recipient_is_key_broker, not both");
+            throw GrpcErrors.InvalidArgument("give recipient_public_key_pem or recipient_is_key_broker, not both");
         }
 
         var recipient = request.RecipientIsKeyBroker
@@ -100,13 +100,13 @@ public sealed class PackagingService(
         var destinationContainer = string.IsNullOrEmpty(request.Destination?.Container) ? owner : request.Destination.Container;
         if (!OwnerIds.IsContainerName(destinationContainer))
         {
-            throw Errors.InvalidArgument($"destination.container '{OwnerIds.Printable(destinationContainer)}' is not a valid container name: {OwnerIds.Rule}, lower case");
+            throw GrpcErrors.InvalidArgument($"destination.container '{OwnerIds.Printable(destinationContainer)}' is not a valid container name: {OwnerIds.Rule}, lower case");
         }
 
         var destinationName = string.IsNullOrEmpty(request.Destination?.Name) ? null : request.Destination.Name;
         if (destinationName is not null && OwnerIds.BlobNameProblem(destinationName) is { } nameProblem)
         {
-            throw Errors.InvalidArgument($"destination.name {nameProblem}");
+            throw GrpcErrors.InvalidArgument($"destination.name {nameProblem}");
         }
 
         // 2. The owner's signing key, registered (trust on first use) so that Verify can check its packages.
@@ -145,7 +145,7 @@ public sealed class PackagingService(
         }
         catch (RequestFailedException e) when (e.Status == 412)
         {
-            throw Errors.FailedPrecondition($"source {sourceText} changed while it was being sealed");
+            throw GrpcErrors.FailedPrecondition($"source {sourceText} changed while it was being sealed");
         }
 
         var sealedSha256 = sealedOut.Sha256Hex!;
@@ -167,7 +167,7 @@ public sealed class PackagingService(
         }
         catch (RequestFailedException e) when (e.Status is 409 or 412)
         {
-            throw Errors.AlreadyExists($"destination {destinationText} appeared while sealing: a sealed blob is never replaced");
+            throw GrpcErrors.AlreadyExists($"destination {destinationText} appeared while sealing: a sealed blob is never replaced");
         }
 
         var wrapped = KeyWrap.Wrap(key, recipient);
@@ -192,21 +192,21 @@ public sealed class PackagingService(
 
     private async Task<V1.VerifyResponse> VerifyCoreAsync(V1.VerifyRequest request, CancellationToken cancellationToken)
     {
-        var package = request.Package ?? throw Errors.InvalidArgument("package is required");
+        var package = request.Package ?? throw GrpcErrors.InvalidArgument("package is required");
         var (container, name) = ParseBlob(package.Blob, "package.blob");
         if (string.IsNullOrEmpty(package.Owner))
         {
-            throw Errors.InvalidArgument("package.owner is required: Verify checks the signature against that owner's registered key");
+            throw GrpcErrors.InvalidArgument("package.owner is required: Verify checks the signature against that owner's registered key");
         }
 
-        var owner = OwnerIds.Canonicalize(package.Owner, out var ownerError) ?? throw Errors.InvalidArgument("package." + ownerError);
+        var owner = OwnerIds.Canonicalize(package.Owner, out var ownerError) ?? throw GrpcErrors.InvalidArgument("package." + ownerError);
         var expectedSha = ParseHex(package.SealedSha256, 32, "package.sealed_sha256");
         var expectedKeyId = ParseHex(package.KeyId, PackageFormat.KeyIdLength, "package.key_id");
         var expectedType = package.ContentType == V1.ContentType.Unspecified ? (ContentType?)null
-            : Mapping.ToLibrary(package.ContentType) ?? throw Errors.InvalidArgument($"package.content_type {(int)package.ContentType} is unknown");
+            : Mapping.ToLibrary(package.ContentType) ?? throw GrpcErrors.InvalidArgument($"package.content_type {(int)package.ContentType} is unknown");
 
         var registered = await parties.FindAsync(owner, cancellationToken)
-            ?? throw Errors.FailedPrecondition($"owner '{owner}' has no registered signing key (table {PartyRegistry.TableName}): there is no key to check the signature against");
+            ?? throw GrpcErrors.FailedPrecondition($"owner '{owner}' has no registered signing key (table {PartyRegistry.TableName}): there is no key to check the signature against");
         using var signerKey = SignerPublicKey.FromPem(registered.PublicKeyPem);
 
         var blob = blobs.GetBlobContainerClient(container).GetBlobClient(name);
@@ -273,7 +273,7 @@ public sealed class PackagingService(
     {
         if (string.IsNullOrWhiteSpace(pem))
         {
-            throw Errors.InvalidArgument(
+            throw GrpcErrors.InvalidArgument(
                 "recipient_public_key_pem is required: the fresh data key is returned only wrapped to a public key whose private half you hold (RSA or P-256 PEM, e.g. from `mriseg keygen --recipient`); the service keeps no copy of it");
         }
 
@@ -283,7 +283,7 @@ public sealed class PackagingService(
         }
         catch (Exception e) when (e is SealedPackageException or FormatException or CryptographicException)
         {
-            throw Errors.InvalidArgument($"recipient_public_key_pem: {(e is SealedPackageException ? e.Message : "not a PUBLIC KEY PEM")}");
+            throw GrpcErrors.InvalidArgument($"recipient_public_key_pem: {(e is SealedPackageException ? e.Message : "not a PUBLIC KEY PEM")}");
         }
     }
 
@@ -303,17 +303,17 @@ public sealed class PackagingService(
             case V1.Location.WhereOneofCase.LocalPath:
                 if (!settings.AllowLocalPaths)
                 {
-                    throw Errors.FailedPrecondition("source.local_path: this service does not read local paths (Packaging:AllowLocalPaths is off); upload the file to a blob");
+                    throw GrpcErrors.FailedPrecondition("source.local_path: this service does not read local paths (Packaging:AllowLocalPaths is off); upload the file to a blob");
                 }
 
                 if (!Path.IsPathFullyQualified(location.LocalPath) || location.LocalPath.Any(char.IsControl))
                 {
-                    throw Errors.InvalidArgument("source.local_path must be an absolute path on the service's machine");
+                    throw GrpcErrors.InvalidArgument("source.local_path must be an absolute path on the service's machine");
                 }
 
                 return new LocalSource(Path.GetFullPath(location.LocalPath));
             default:
-                throw Errors.InvalidArgument("source is required: a blob (source.blob) or, where the service allows it, a local path (source.local_path)");
+                throw GrpcErrors.InvalidArgument("source is required: a blob (source.blob) or, where the service allows it, a local path (source.local_path)");
         }
     }
 
@@ -321,17 +321,17 @@ public sealed class PackagingService(
     {
         if (blob is null || string.IsNullOrEmpty(blob.Container) || string.IsNullOrEmpty(blob.Name))
         {
-            throw Errors.InvalidArgument($"{field} needs a container and a name");
+            throw GrpcErrors.InvalidArgument($"{field} needs a container and a name");
         }
 
         if (!OwnerIds.IsContainerName(blob.Container))
         {
-            throw Errors.InvalidArgument($"{field}.container '{OwnerIds.Printable(blob.Container)}' is not a valid container name: {OwnerIds.Rule}, lower case");
+            throw GrpcErrors.InvalidArgument($"{field}.container '{OwnerIds.Printable(blob.Container)}' is not a valid container name: {OwnerIds.Rule}, lower case");
         }
 
         if (OwnerIds.BlobNameProblem(blob.Name) is { } problem)
         {
-            throw Errors.InvalidArgument($"{field}.name {problem}");
+            throw GrpcErrors.InvalidArgument($"{field}.name {problem}");
         }
 
         return (blob.Container, blob.Name);
@@ -346,7 +346,7 @@ public sealed class PackagingService(
 
         if (text.Length != bytes * 2 || !text.All(char.IsAsciiHexDigit))
         {
-            throw Errors.InvalidArgument($"{field} must be {bytes * 2} hex digits");
+            throw GrpcErrors.InvalidArgument($"{field} must be {bytes * 2} hex digits");
         }
 
         return text.ToLowerInvariant();
@@ -376,7 +376,7 @@ public sealed class PackagingService(
         var resolved = new FileInfo(path).ResolveLinkTarget(returnFinalTarget: true)?.FullName ?? path;
         if (keys.IsInKeyFolder(path) || keys.IsInKeyFolder(resolved))
         {
-            throw Errors.PermissionDenied("source.local_path: files in the service's key folder are never sealed");
+            throw GrpcErrors.PermissionDenied("source.local_path: files in the service's key folder are never sealed");
         }
 
         try
@@ -386,11 +386,11 @@ public sealed class PackagingService(
         }
         catch (Exception e) when (e is FileNotFoundException or DirectoryNotFoundException)
         {
-            throw Errors.NotFound($"source.local_path {path}: no such file");
+            throw GrpcErrors.NotFound($"source.local_path {path}: no such file");
         }
         catch (UnauthorizedAccessException)
         {
-            throw Errors.PermissionDenied($"source.local_path {path}: the service may not read it (or it is a folder)");
+            throw GrpcErrors.PermissionDenied($"source.local_path {path}: the service may not read it (or it is a folder)");
         }
     }
 
@@ -400,7 +400,7 @@ public sealed class PackagingService(
         {
             if (await container.GetBlobClient(requested).ExistsAsync(cancellationToken))
             {
-                throw Errors.AlreadyExists($"destination {container.Name}/{requested} exists: a sealed blob is never replaced");
+                throw GrpcErrors.AlreadyExists($"destination {container.Name}/{requested} exists: a sealed blob is never replaced");
             }
 
             return requested;

@@ -10,28 +10,19 @@ namespace MriSeg.Preprocess;
 /// <summary>The status each failure becomes: one line naming what failed; unexpected failures are logged and answered INTERNAL.</summary>
 internal static class Errors
 {
-    // The factories the service's code calls; they are the shared ones.
-    public static RpcException InvalidArgument(string message) => GrpcErrors.InvalidArgument(message);
-
-    public static RpcException NotFound(string message) => GrpcErrors.NotFound(message);
-
-    public static RpcException FailedPrecondition(string message) => GrpcErrors.FailedPrecondition(message);
-
-    public static RpcException PermissionDenied(string message) => GrpcErrors.PermissionDenied(message);
-
     // The storage cases stay here: a 409/412 means a shard that exists already, and the messages show the error code
     // as it is (empty when there is none) where the shared mapper writes a fallback.
     public static RpcException Map(Exception e, string operation, ILogger logger, CancellationToken cancellationToken) => e switch
     {
         RpcException rpc => rpc,
         OperationCanceledException when cancellationToken.IsCancellationRequested => GrpcErrors.Cancelled(operation),
-        PreprocessException or NiftiFormatException or DatasetSchemaException => InvalidArgument($"{operation}: {e.Message}"),
-        RequestFailedException { Status: 404 } s => NotFound($"{operation}: storage: not found ({s.ErrorCode})"),
+        PreprocessException or NiftiFormatException or DatasetSchemaException => GrpcErrors.InvalidArgument($"{operation}: {e.Message}"),
+        RequestFailedException { Status: 404 } s => GrpcErrors.NotFound($"{operation}: storage: not found ({s.ErrorCode})"),
         RequestFailedException { Status: 409 or 412 } s => GrpcErrors.AlreadyExists($"{operation}: the output blob exists already ({s.ErrorCode}); a shard is never replaced"),
-        RequestFailedException { Status: 401 or 403 } s => PermissionDenied($"{operation}: storage denied access ({s.ErrorCode})"),
+        RequestFailedException { Status: 401 or 403 } s => GrpcErrors.PermissionDenied($"{operation}: storage denied access ({s.ErrorCode})"),
         RequestFailedException s => GrpcErrors.Unavailable($"{operation}: storage error {s.Status} ({s.ErrorCode})"),
-        DirectoryNotFoundException or FileNotFoundException => NotFound($"{operation}: {e.Message}"),
-        UnauthorizedAccessException => PermissionDenied($"{operation}: {e.Message}"),
+        DirectoryNotFoundException or FileNotFoundException => GrpcErrors.NotFound($"{operation}: {e.Message}"),
+        UnauthorizedAccessException => GrpcErrors.PermissionDenied($"{operation}: {e.Message}"),
         _ => GrpcErrors.Unexpected(e, operation, logger),
     };
 }

@@ -1,3 +1,4 @@
+using MriSeg.ServiceDefaults;
 using System.Globalization;
 using System.Security.Cryptography;
 using System.Text.RegularExpressions;
@@ -48,7 +49,7 @@ public sealed partial class PreprocessService(PreprocessSettings settings, BlobS
             var cases = Select(CaseDiscovery.Discover(source.Path), request.Layout, source.Description);
             if (cases.Count == 0)
             {
-                throw Errors.InvalidArgument($"{source.Description}: no case found in any known layout");
+                throw GrpcErrors.InvalidArgument($"{source.Description}: no case found in any known layout");
             }
 
             var result = await new Preprocessor(options).RunAsync(cases, new SynchronousProgress(p =>
@@ -79,29 +80,29 @@ public sealed partial class PreprocessService(PreprocessSettings settings, BlobS
         {
             if (request.Patients is < 1 or > 10_000)
             {
-                throw Errors.InvalidArgument($"patients must be 1 to 10000, got {request.Patients}");
+                throw GrpcErrors.InvalidArgument($"patients must be 1 to 10000, got {request.Patients}");
             }
 
             if (request.Layout is not (V1.SourceLayout.Auto or V1.SourceLayout.BratsCases))
             {
-                throw Errors.InvalidArgument($"phantoms are written in the BraTS case layout only, not {request.Layout}");
+                throw GrpcErrors.InvalidArgument($"phantoms are written in the BraTS case layout only, not {request.Layout}");
             }
 
             var side = request.Size == 0 ? PhantomOptions.Default.Size.X : request.Size;
             if (side is < 32 or > 512 || side % 16 != 0)
             {
-                throw Errors.InvalidArgument($"size must be a multiple of 16 from 32 to 512, got {request.Size}");
+                throw GrpcErrors.InvalidArgument($"size must be a multiple of 16 from 32 to 512, got {request.Size}");
             }
 
             var depth = request.Depth == 0 ? Math.Max(16, side / 2) : request.Depth;
             if (depth < 16 || depth > side)
             {
-                throw Errors.InvalidArgument($"depth must be from 16 to the size {side}, got {request.Depth}");
+                throw GrpcErrors.InvalidArgument($"depth must be from 16 to the size {side}, got {request.Depth}");
             }
 
             if (request.Site is < 0 or > 1000)
             {
-                throw Errors.InvalidArgument($"site must be 0 to 1000, got {request.Site}");
+                throw GrpcErrors.InvalidArgument($"site must be 0 to 1000, got {request.Site}");
             }
 
             var site = request.Site == 0 ? 1 : request.Site;
@@ -112,7 +113,7 @@ public sealed partial class PreprocessService(PreprocessSettings settings, BlobS
                 MaxDegreeOfParallelism = settings.MaxParallelism,
             });
             var job = new JobReporter(responseStream, settings.ProgressInterval, "patients");
-            var target = request.Output ?? throw Errors.InvalidArgument("output is required");
+            var target = request.Output ?? throw GrpcErrors.InvalidArgument("output is required");
             if (target.WhereCase == V1.Location.WhereOneofCase.LocalPath)
             {
                 var folder = LocalPath(target.LocalPath);
@@ -145,7 +146,7 @@ public sealed partial class PreprocessService(PreprocessSettings settings, BlobS
             }
             else
             {
-                throw Errors.InvalidArgument("output must be a blob prefix or a local path");
+                throw GrpcErrors.InvalidArgument("output must be a blob prefix or a local path");
             }
 
             await job.SendAsync(V1.JobState.Succeeded, "done", $"{request.Patients} phantom cases written to {Describe(target)}", request.Patients, request.Patients, ct);
@@ -155,7 +156,7 @@ public sealed partial class PreprocessService(PreprocessSettings settings, BlobS
     private static partial Regex ProviderIdPattern();
 
     private static string ProviderId(string id) =>
-        ProviderIdPattern().IsMatch(id ?? "") ? id! : throw Errors.InvalidArgument(
+        ProviderIdPattern().IsMatch(id ?? "") ? id! : throw GrpcErrors.InvalidArgument(
             $"provider_id \"{id}\" is not valid: 3 to 63 lower-case letters, digits and single hyphens, starting and ending with a letter or digit");
 
     private PreprocessOptions Options(V1.PreprocessOptions? o, string provider)
@@ -163,12 +164,12 @@ public sealed partial class PreprocessService(PreprocessSettings settings, BlobS
         o ??= new V1.PreprocessOptions();
         if (o.Normalization is not (V1.Normalization.Unspecified or V1.Normalization.ZscoreBrain))
         {
-            throw Errors.InvalidArgument($"normalization {o.Normalization} is not supported: this service z-scores inside the brain");
+            throw GrpcErrors.InvalidArgument($"normalization {o.Normalization} is not supported: this service z-scores inside the brain");
         }
 
         if (o.MaxSlicesPerPatient != 0)
         {
-            throw Errors.InvalidArgument("max_slices_per_patient is not supported here: the training pipeline bounds slices per patient (max_slices_per_patient of the training configuration)");
+            throw GrpcErrors.InvalidArgument("max_slices_per_patient is not supported here: the training pipeline bounds slices per patient (max_slices_per_patient of the training configuration)");
         }
 
         try
@@ -192,14 +193,14 @@ public sealed partial class PreprocessService(PreprocessSettings settings, BlobS
         }
         catch (ArgumentException e)
         {
-            throw Errors.InvalidArgument(e.Message);
+            throw GrpcErrors.InvalidArgument(e.Message);
         }
     }
 
     private PseudonymKey PseudonymKeyOf(string provider)
     {
         var folder = settings.PseudonymKeysDirectory
-            ?? throw Errors.FailedPrecondition("no pseudonymisation key folder: set Preprocess:PseudonymKeysDirectory");
+            ?? throw GrpcErrors.FailedPrecondition("no pseudonymisation key folder: set Preprocess:PseudonymKeysDirectory");
         var path = Path.Combine(folder, $"{provider}.pseudonym");
         if (File.Exists(path))
         {
@@ -208,7 +209,7 @@ public sealed partial class PreprocessService(PreprocessSettings settings, BlobS
 
         if (!settings.CreatePseudonymKeys)
         {
-            throw Errors.FailedPrecondition($"provider {provider} has no pseudonymisation secret ({provider}.pseudonym in the key folder)");
+            throw GrpcErrors.FailedPrecondition($"provider {provider} has no pseudonymisation secret ({provider}.pseudonym in the key folder)");
         }
 
         Directory.CreateDirectory(folder);
@@ -236,10 +237,10 @@ public sealed partial class PreprocessService(PreprocessSettings settings, BlobS
             V1.SourceLayout.BratsCases => SourceLayout.BratsVolumes,
             V1.SourceLayout.ModalityFiles => SourceLayout.NamedVolumes,
             V1.SourceLayout.SlicePng => SourceLayout.PngSlices,
-            _ => throw Errors.InvalidArgument($"unknown layout {layout}"),
+            _ => throw GrpcErrors.InvalidArgument($"unknown layout {layout}"),
         };
         var other = cases.FirstOrDefault(c => c.Layout != wanted);
-        return other is null ? [.. cases] : throw Errors.InvalidArgument(
+        return other is null ? [.. cases] : throw GrpcErrors.InvalidArgument(
             $"{source}: case {other.CaseId} is in the {other.Layout.Name()} layout, not the requested {wanted.Name()}");
     }
 
@@ -254,7 +255,7 @@ public sealed partial class PreprocessService(PreprocessSettings settings, BlobS
     {
         if (output is null || output.WhereCase == V1.Location.WhereOneofCase.None)
         {
-            throw Errors.InvalidArgument("output is required: a blob (container and name) or a local path");
+            throw GrpcErrors.InvalidArgument("output is required: a blob (container and name) or a local path");
         }
 
         if (output.WhereCase == V1.Location.WhereOneofCase.LocalPath)
@@ -265,7 +266,7 @@ public sealed partial class PreprocessService(PreprocessSettings settings, BlobS
 
         if (string.IsNullOrEmpty(output.Blob.Container))
         {
-            throw Errors.InvalidArgument("output blob: the container is required");
+            throw GrpcErrors.InvalidArgument("output blob: the container is required");
         }
 
         return string.IsNullOrEmpty(output.Blob.Name)
@@ -277,10 +278,10 @@ public sealed partial class PreprocessService(PreprocessSettings settings, BlobS
     {
         if (!settings.AllowLocalPaths)
         {
-            throw Errors.PermissionDenied("local paths are not allowed on this service (Preprocess:AllowLocalPaths); use a blob");
+            throw GrpcErrors.PermissionDenied("local paths are not allowed on this service (Preprocess:AllowLocalPaths); use a blob");
         }
 
-        return Path.IsPathFullyQualified(path) ? path : throw Errors.InvalidArgument($"local path \"{path}\" must be absolute");
+        return Path.IsPathFullyQualified(path) ? path : throw GrpcErrors.InvalidArgument($"local path \"{path}\" must be absolute");
     }
 
     /// <summary>A source as a folder: a local path as is, or a blob prefix copied into a private temporary folder.</summary>
@@ -290,7 +291,7 @@ public sealed partial class PreprocessService(PreprocessSettings settings, BlobS
         {
             case V1.Location.WhereOneofCase.LocalPath:
                 var path = LocalPath(location.LocalPath);
-                return Directory.Exists(path) ? new Source(path, path, null) : throw Errors.NotFound($"{path}: no such folder");
+                return Directory.Exists(path) ? new Source(path, path, null) : throw GrpcErrors.NotFound($"{path}: no such folder");
             case V1.Location.WhereOneofCase.Blob:
                 var blob = location.Blob;
                 var container = blobs.GetBlobContainerClient(blob.Container);
@@ -305,7 +306,7 @@ public sealed partial class PreprocessService(PreprocessSettings settings, BlobS
                         var target = Path.GetFullPath(Path.Combine(scratch.Path, relative));
                         if (!target.StartsWith(scratch.Path + Path.DirectorySeparatorChar, StringComparison.Ordinal))
                         {
-                            throw Errors.InvalidArgument($"blob name {item.Name} escapes its prefix");
+                            throw GrpcErrors.InvalidArgument($"blob name {item.Name} escapes its prefix");
                         }
 
                         Directory.CreateDirectory(Path.GetDirectoryName(target)!);
@@ -315,7 +316,7 @@ public sealed partial class PreprocessService(PreprocessSettings settings, BlobS
                     }
 
                     var description = $"blob {blob.Container}/{prefix}";
-                    return count > 0 ? new Source(scratch.Path, description, scratch) : throw Errors.NotFound($"{description}: no blobs");
+                    return count > 0 ? new Source(scratch.Path, description, scratch) : throw GrpcErrors.NotFound($"{description}: no blobs");
                 }
                 catch
                 {
@@ -324,7 +325,7 @@ public sealed partial class PreprocessService(PreprocessSettings settings, BlobS
                 }
 
             default:
-                throw Errors.InvalidArgument("source is required: a blob prefix (container and name prefix) or a local path");
+                throw GrpcErrors.InvalidArgument("source is required: a blob prefix (container and name prefix) or a local path");
         }
     }
 
