@@ -54,7 +54,7 @@ public static class PrecisionCheck
     public const double Tf32Tolerance = 1e-2;
 
     /// <summary>Runs the agreement checks for <paramref name="device"/>. Call <see cref="Torch.TorchRuntime.Initialize"/> first.</summary>
-    /// <param name="device">The device under test (CPU works too: then the cross-device row is left out).</param>
+    /// <param name="device">The device under test (CPU works too: then the rows against the CPU are left out).</param>
     /// <param name="size">Image side.</param>
     /// <param name="groupSizes">Slices of each group (patient); unequal sizes exercise the padded slots.</param>
     /// <param name="model">Architecture; the reference U-Net by default.</param>
@@ -107,8 +107,8 @@ public static class PrecisionCheck
                 var label = isCuda ? (tf32 ? "float32 (TF32 on)" : "float32 (TF32 off)") : "float32";
                 if (tf32)
                 {
-                    // TF32's own error on the ordinary backward pass (one patient at a time) sets the bar: the folded
-                    // pass must be no worse than twice that, and never worse than Tf32Tolerance allows beyond it.
+                    // TF32's own error on the ordinary backward pass (one patient at a time) sets the folded pass's bar:
+                    // twice that error, and at least Tf32Tolerance.
                     var plain = Reduced(label, ScalarType.Float32, null, microBatching: true);
                     rows.Add(plain);
                     rows.Add(Reduced(label, ScalarType.Float32, Math.Max(Tf32Tolerance, 2 * plain.MaxRelativeError)));
@@ -134,7 +134,7 @@ public static class PrecisionCheck
 
         Tensor DpGradient(UNet2d on, Tensor inputs, Tensor targets)
         {
-            // A clip norm below most groups' norms, so clipping is exercised; noise of the same order as the signal.
+            // A small clip norm, so that groups are clipped, and noise of about the clipped gradients' size.
             using var noise = Noise.GaussianNoise.CreateInsecureSeeded(seed);
             using var engine = new DpGradientEngine(on, loss, new DpSgdSettings(0.01, 1.0, groupSizes.Count), noise);
             engine.ComputeGradients(inputs, targets, groupIndex);
