@@ -2,12 +2,13 @@
 # Here (a machine with the .NET SDK): builds what run.sh needs on a GPU machine that has PyTorch with CUDA but no .NET,
 # into .gpu/ (git-ignored): the mriseg CLI published without a libtorch (the GPU machine's PyTorch provides a CUDA one),
 # the .NET runtime, and the real BraTS slices of ../shared/data (never committed; they travel with the run only).
-# The ε = 8 recipe also needs output/phantom-base (README, "Quality on real data"): carry it beside .gpu.
+# The ε = 8 recipe also needs output/phantom-base (README, "Quality on real data"): carry it beside .gpu, or run.sh
+# trains it on the GPU first.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 data=${MRISEG_REAL_DATA:-../shared/data}/brats20-slices
 [ -d "$data/brats_A" ] && [ -d "$data/brats_B" ] || { echo "pack.sh: no $data/brats_A and brats_B (set MRISEG_REAL_DATA)" >&2; exit 2; }
-[ -f output/phantom-base/model.safetensors ] || echo "pack.sh: output/phantom-base is missing: the eps-8 run will fail (README, Quality on real data)" >&2
+[ -f output/phantom-base/model.safetensors ] || echo "pack.sh: no output/phantom-base here: run.sh will train it on the GPU first" >&2
 
 rm -rf .gpu && mkdir -p .gpu/data
 dotnet publish tools/MriSeg.Cli -c Release -r linux-x64 --self-contained false -p:MriSegCopyCpuLibTorch=false -o .gpu/mriseg -nologo -v quiet

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# On the GPU machine, from the repository root, after pack.sh here (.gpu/ and output/phantom-base carried):
+# On the GPU machine, from the repository root, after pack.sh here (.gpu/ carried; output/phantom-base too, or it is
+# trained there first):
 #   bash bench/gpu/run.sh OUTDIR
 # Needs python3 with a CUDA PyTorch (its torch/lib is the libtorch TorchSharp loads) and nvidia-smi. Every step has
 # its own time limit and the run goes on after a failed step; each step's JSON lands in OUTDIR, and summarize.py
@@ -66,6 +67,12 @@ done
 step torch 240 python3 bench/gpu/torch_reference.py --size $size --batch $batches --iterations $it --warmup 3 --device $torch_device
 [ "${AUTOTUNE:-1}" = 1 ] && step torch-autotune 240 python3 bench/gpu/torch_reference.py --size $size --batch $batches --iterations $it --warmup 3 --device $torch_device --cudnn-benchmark
 if [ "$smoke" != 1 ] && [ "${QUALITY:-1}" = 1 ]; then
+  if [ ! -f output/phantom-base/model.safetensors ]; then
+    # The DP recipes' base model (README, Quality on real data), made here when it was not carried: about 30 s on a GPU.
+    step phantoms 120 $mriseg phantoms --out "$work/phantoms" --sites 3 --patients 100
+    step phantom-base 300 $mriseg train $dev --config configs/phantoms-base.json \
+      --data "$work/phantoms/site-0,$work/phantoms/site-1,$work/phantoms/site-2" --out output/phantom-base
+  fi
   # The whole ε = 8 recipe, every epoch, on each of the three folds of patients (the README's quality table).
   step quality-eps8 400 $mriseg bench quality $dev --data .gpu/data/brats_A,.gpu/data/brats_B --recipes brats-eps8 --folds 3 \
     --out "$out/quality-eps8-report.md"
