@@ -170,7 +170,6 @@ public sealed class CleanRoomRun(IPackageSource packages, ISignerDirectory signe
         Validate(spec);
         // Where training will run is settled before anything is attested, fetched or released.
         s.Device = ResolveDevice();
-        s.DeviceName = s.Device.ToString();
 
         // Whether an earlier attempt of this run left a record: then its spend is unknown until the records are read
         // (after the keys), and nothing is settled or removed before.
@@ -457,8 +456,8 @@ public sealed class CleanRoomRun(IPackageSource packages, ISignerDirectory signe
     }
 
     /// <summary>
-    /// The training device: <see cref="CleanRoomRunOptions.Device"/> <c>cuda</c> without a usable CUDA device is an error
-    /// unless MRISEG_ALLOW_CPU_FALLBACK allows the CPU; <c>auto</c> takes the runtime's choice (MRISEG_DEVICE).
+    /// The training device (<see cref="TorchBackendInfo.DeviceFor"/>): <see cref="CleanRoomRunOptions.Device"/> <c>cuda</c>
+    /// without a usable CUDA device is an error unless MRISEG_ALLOW_CPU_FALLBACK allows the CPU.
     /// </summary>
     private TorchSharp.torch.Device ResolveDevice()
     {
@@ -472,17 +471,11 @@ public sealed class CleanRoomRun(IPackageSource packages, ISignerDirectory signe
             throw new CleanRoomRunException(RunFailure.Internal, "the trainer cannot start libtorch: " + e.Message.Split('\n')[0].Trim(), e);
         }
 
-        return options.Device switch
-        {
-            "cpu" => new TorchSharp.torch.Device("cpu"),
-            "cuda" when info.IsCuda => info.CreateDevice(),
-            "cuda" when TorchRuntimeSettings.FromEnvironment().AllowCpuFallback => new TorchSharp.torch.Device("cpu"),
-            "cuda" => throw new CleanRoomRunException(RunFailure.Internal,
+        return info.DeviceFor(options.Device, TorchRuntimeSettings.FromEnvironment().AllowCpuFallback)
+            ?? throw new CleanRoomRunException(RunFailure.Internal,
                 $"the trainer is configured for CUDA (Trainer:Device = cuda), but the libtorch from {info.LibTorchSource} has no usable " +
                 $"CUDA device; point {TorchRuntimeSettings.LibTorchDirVariable} at a CUDA libtorch, or set " +
-                $"{TorchRuntimeSettings.AllowCpuFallbackVariable}=1 to train on the CPU"),
-            _ => info.CreateDevice(),
-        };
+                $"{TorchRuntimeSettings.AllowCpuFallbackVariable}=1 to train on the CPU");
     }
 
     private async Task<LocalTrainingResult> TrainAsync(RunState s, SliceDataset data, TrainingConfig config, TrainingPlan declared, UNet2d? baseModel, CancellationToken ct)
@@ -874,10 +867,10 @@ public sealed class CleanRoomRun(IPackageSource packages, ISignerDirectory signe
         /// <summary>Steps counted as spent so far: earlier attempts' (lost ones included) and this attempt's.</summary>
         public long StepsTaken { get; set; }
 
-        public string DeviceName { get; set; } = "cpu";
-
         /// <summary>Where the run trains, settled before anything is fetched.</summary>
         public TorchSharp.torch.Device? Device { get; set; }
+
+        public string DeviceName => Device?.ToString() ?? "cpu";
 
         public bool Resumed { get; init; }
 

@@ -94,3 +94,42 @@ public sealed class DeviceSelectionTests
         Assert.Contains("not available", warning, StringComparison.Ordinal);
     }
 }
+
+[Collection(TorchCollection.Name)]
+public sealed class ExplicitDeviceRequestTests(TorchRuntimeFixture fixture)
+{
+    private static TorchBackendInfo Info(string backend, string device, bool cudaAvailable) =>
+        new(backend, device, "test", "/nowhere", cudaAvailable, cudaAvailable ? 2 : 0, "0.107.0", ShimPatchStatus.NotNeeded, "/nowhere/shim", "test");
+
+    [Theory]
+    // A CPU-only libtorch: cuda is refused (null) unless the CPU fallback is allowed.
+    [InlineData("cpu", "cpu", false, "cpu", false, "cpu")]
+    [InlineData("cpu", "cpu", false, "cuda", false, null)]
+    [InlineData("cpu", "cpu", false, "cuda", true, "cpu")]
+    [InlineData("cpu", "cpu", false, null, false, "cpu")]
+    // CUDA chosen by MRISEG_DEVICE=cuda:1: a cuda request keeps that index.
+    [InlineData("cuda", "cuda:1", true, "cuda", false, "cuda:1")]
+    [InlineData("cuda", "cuda:1", true, "auto", false, "cuda:1")]
+    [InlineData("cuda", "cuda:1", true, "cpu", false, "cpu")]
+    // CUDA present but MRISEG_DEVICE=cpu: the explicit request wins.
+    [InlineData("cpu", "cpu", true, "cuda", false, "cuda")]
+    [InlineData("cpu", "cpu", true, null, false, "cpu")]
+    public void An_explicit_request_picks_the_device(string backend, string device, bool cudaAvailable, string? requested, bool fallback, string? expected)
+    {
+        Assert.NotNull(fixture.Info);
+        var chosen = Info(backend, device, cudaAvailable).DeviceFor(requested, fallback);
+        if (expected is null)
+        {
+            Assert.Null(chosen);
+            return;
+        }
+
+        Assert.NotNull(chosen);
+        var (type, index) = expected.Split(':') is [var t, var i] ? (t, int.Parse(i, System.Globalization.CultureInfo.InvariantCulture)) : (expected, -1);
+        Assert.Equal(type, chosen.type.ToString().ToLowerInvariant());
+        if (index >= 0)
+        {
+            Assert.Equal(index, chosen.index);
+        }
+    }
+}

@@ -47,6 +47,19 @@ public sealed record TorchBackendInfo(
     /// <summary>A TorchSharp device for <see cref="Device"/>.</summary>
     public torch.Device CreateDevice() => new(Device);
 
+    /// <summary>
+    /// The device for an explicit request, which overrides MRISEG_DEVICE: "cpu"; "cuda" (this backend's CUDA device
+    /// when it is one, else cuda:0), or the CPU when CUDA is missing and <paramref name="allowCpuFallback"/>, else null
+    /// (the caller says why); anything else (null, "auto") this backend's device.
+    /// </summary>
+    public torch.Device? DeviceFor(string? requested, bool allowCpuFallback = false) => requested switch
+    {
+        "cpu" => new("cpu"),
+        "cuda" when CudaAvailable => IsCuda ? CreateDevice() : new("cuda"),
+        "cuda" => allowCpuFallback ? new("cpu") : null,
+        _ => CreateDevice(),
+    };
+
     /// <summary>The one-line summary that is logged.</summary>
     public override string ToString() =>
         $"backend {Backend}, device {Device}, libtorch {LibTorchSource} ({LibTorchDirectory}), " +

@@ -372,13 +372,8 @@ internal static class TrainCommand
         }
 
         MriSeg.Learning.Performance.CpuAllocator.KeepFreedMemory();
-        var device = requested switch
-        {
-            "cpu" => new TorchSharp.torch.Device("cpu"),
-            "cuda" when !backend.CudaAvailable => throw new CliException($"--device cuda: CUDA is not available with libtorch from {backend.LibTorchSource}"),
-            "cuda" => new TorchSharp.torch.Device("cuda"),
-            _ => backend.CreateDevice(),
-        };
+        var device = backend.DeviceFor(requested)
+            ?? throw new CliException($"--device cuda: CUDA is not available with libtorch from {backend.LibTorchSource}");
         context.Output.Progress($"torch: running on {device} (backend {backend.Backend}; libtorch from {backend.LibTorchSource}; " +
             $"{backend.CudaDeviceCount} CUDA device(s) visible; TorchSharp {backend.TorchSharpVersion})");
         return device;
