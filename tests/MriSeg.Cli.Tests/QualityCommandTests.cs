@@ -79,6 +79,40 @@ public sealed class QualityCommandTests : IDisposable
     }
 
     [Fact]
+    public async Task Evaluate_scores_every_slice_even_when_the_recipe_trained_on_tumour_slices_only()
+    {
+        var (a, b, recipe) = await InputsAsync();
+        var tumourOnly = Path.Combine(_folder.Path, "tumour-only.json");
+        await File.WriteAllTextAsync(tumourOnly, TinyRecipe.Replace("\"tumour_free_share\": 1", "\"tumour_free_share\": 0", StringComparison.Ordinal),
+            TestContext.Current.CancellationToken);
+        var model = Path.Combine(_folder.Path, "model");
+        var train = await CliRun.RunAsync("train", "--config", tumourOnly, "--data", $"{a},{b}", "--out", model, "--device", "cpu", "--json");
+        Assert.True(train.ExitCode == 0, train.ToString());
+
+        var every = Path.Combine(_folder.Path, "every.safetensors");
+        var all = await CliRun.RunAsync("preprocess", "--input", a, "--out", every, "--size", "16", "--modalities", "flair,t2", "--tumour-free-share", "all", "--json");
+        Assert.True(all.ExitCode == 0, all.ToString());
+        var selected = Path.Combine(_folder.Path, "selected.safetensors");
+        var tumourSlices = await CliRun.RunAsync("preprocess", "--input", a, "--out", selected, "--size", "16", "--modalities", "flair,t2", "--tumour-free-share", "0", "--json");
+        Assert.True(tumourSlices.ExitCode == 0, tumourSlices.ToString());
+        var brainSlices = all.Json().GetProperty("slices").GetInt32();
+        Assert.True(brainSlices > tumourSlices.Json().GetProperty("slices").GetInt32(), "the phantoms must have tumour-free brain slices for this test");
+
+        // The raw folder is pre-processed with every brain slice kept, not with the training selection.
+        var raw = await CliRun.RunAsync("evaluate", "--model", model, "--data", a, "--json");
+        Assert.True(raw.ExitCode == 0, raw.ToString());
+        Assert.Equal(brainSlices, raw.Json().GetProperty("slices").GetInt32());
+
+        // Shards of either selection are scored as they are.
+        foreach (var (shard, slices) in new[] { (every, brainSlices), (selected, tumourSlices.Json().GetProperty("slices").GetInt32()) })
+        {
+            var scored = await CliRun.RunAsync("evaluate", "--model", model, "--data", shard, "--json");
+            Assert.True(scored.ExitCode == 0, scored.ToString());
+            Assert.Equal(slices, scored.Json().GetProperty("slices").GetInt32());
+        }
+    }
+
+    [Fact]
     public async Task Bench_quality_cross_validates_a_recipe_by_patient_and_writes_the_table()
     {
         var (a, b, recipe) = await InputsAsync();

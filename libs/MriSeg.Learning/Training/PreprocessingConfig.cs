@@ -37,6 +37,13 @@ public sealed record PreprocessingConfig
     /// <summary>The pre-processor's defaults (<c>mriseg preprocess</c> without options).</summary>
     public static PreprocessingConfig Default { get; } = new();
 
+    /// <summary>
+    /// This pre-processing with every brain slice kept, for scoring a model: a training selection that drops
+    /// tumour-free slices would drop the very slices (with one slice per patient, the very patients) on which a false
+    /// positive costs Dice.
+    /// </summary>
+    public PreprocessingConfig ForScoring() => this with { TumourFreeShare = 1 };
+
     /// <summary>The modalities parsed.</summary>
     public IReadOnlyList<Modality> ParsedModalities() => PreprocessOptions.ParseModalities(string.Join(',', Modalities));
 
@@ -80,9 +87,10 @@ public sealed record PreprocessingConfig
 
     /// <summary>
     /// Null when <paramref name="data"/> (a shard) looks pre-processed this way: the same modalities, labels and size,
-    /// and, where the shard records them, the same normalisation and slice selection; otherwise the first difference.
+    /// and, where the shard records them, the same normalisation and (unless <paramref name="checkSliceSelection"/> is
+    /// false) slice selection; otherwise the first difference.
     /// </summary>
-    public string? Mismatch(SliceDataset data)
+    public string? Mismatch(SliceDataset data, bool checkSliceSelection = true)
     {
         ArgumentNullException.ThrowIfNull(data);
         var modalities = ParsedModalities().Select(Brats.Suffix).ToList();
@@ -107,7 +115,7 @@ public sealed record PreprocessingConfig
             return $"normalisation {data.Provenance.Normalisation}, the recipe {normalisation}";
         }
 
-        if (data.Provenance.SliceSelection != "unknown" && data.Provenance.SliceSelection != selection)
+        if (checkSliceSelection && data.Provenance.SliceSelection != "unknown" && data.Provenance.SliceSelection != selection)
         {
             return $"slice selection {data.Provenance.SliceSelection}, the recipe {selection}";
         }

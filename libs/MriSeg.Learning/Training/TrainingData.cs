@@ -28,11 +28,11 @@ public static class TrainingData
     /// <param name="parallelism">Cases pre-processed at once.</param>
     /// <param name="note">Receives one line per skipped case and per folder read.</param>
     /// <param name="cancellationToken">Stops pre-processing.</param>
-    /// <param name="checkShards">Refuse shards that <paramref name="preprocessing"/> would not have produced (default true).</param>
+    /// <param name="shardCheck">Which shards to refuse: those <paramref name="preprocessing"/> would not have produced (the default), the same but with any slice selection (scoring), or none.</param>
     /// <exception cref="ArgumentException">A path that does not exist, a shard that does not match, no usable case, or parts of different schemas.</exception>
     public static async Task<SliceDataset> LoadAsync(
         IReadOnlyList<string> paths, PreprocessingConfig? preprocessing, PseudonymKey? key = null, int parallelism = 1,
-        Action<string>? note = null, CancellationToken cancellationToken = default, bool checkShards = true)
+        Action<string>? note = null, CancellationToken cancellationToken = default, ShardCheck shardCheck = ShardCheck.Recipe)
     {
         ArgumentNullException.ThrowIfNull(paths);
         if (paths.Count == 0)
@@ -60,7 +60,7 @@ public static class TrainingData
                     throw new ArgumentException($"{path}: {e.Message}", e);
                 }
 
-                if (checkShards && preprocessing?.Mismatch(shard) is { } problem)
+                if (shardCheck != ShardCheck.None && preprocessing?.Mismatch(shard, shardCheck == ShardCheck.Recipe) is { } problem)
                 {
                     throw new ArgumentException($"{path} was not pre-processed as the recipe says: {problem}");
                 }
@@ -175,4 +175,17 @@ public static class TrainingData
             + (s.CasesWithoutSlices > 0 ? $"; {s.CasesWithoutSlices} case(s) without a selected slice" : ""));
         return result.Dataset;
     }
+}
+
+/// <summary>How <see cref="TrainingData.LoadAsync"/> checks shards against the recipe's pre-processing.</summary>
+public enum ShardCheck
+{
+    /// <summary>Shards are taken as they are.</summary>
+    None,
+
+    /// <summary>A shard must be what the recipe's pre-processing would have produced (training).</summary>
+    Recipe,
+
+    /// <summary>The same, except that any slice selection is accepted (scoring a model).</summary>
+    RecipeAnySliceSelection,
 }

@@ -13,7 +13,7 @@ namespace MriSeg.Cli.Commands;
 /// <c>mriseg train</c>: local (cleartext) training on dataset shards or raw case folders (pre-processed in memory by
 /// the recipe's <c>preprocessing</c>), patient-level DP-SGD by default (<c>--epsilon/--delta</c>) or
 /// <c>--non-private</c>; writes model.safetensors, config.json, model.json, metrics.json and curves.png.
-/// <c>mriseg evaluate</c>: scores a model folder on shards or raw folders (pre-processed as the model's model.json says).
+/// <c>mriseg evaluate</c>: scores a model folder on shards or raw folders (pre-processed as the model's model.json says, every brain slice kept).
 /// </summary>
 internal static class TrainCommand
 {
@@ -129,7 +129,7 @@ internal static class TrainCommand
         var model = new Option<string>("--model") { Description = "Model folder (model.safetensors, and model.json or config.json).", Required = true, HelpName = "DIR" };
         var data = new Option<string>("--data")
         {
-            Description = "Dataset shards or raw case folders (pre-processed as the model's model.json says), comma-separated; every patient is scored unless --patients says which.",
+            Description = "Dataset shards or raw case folders (pre-processed as the model's model.json says, every brain slice kept), comma-separated; every patient is scored unless --patients says which.",
             Required = true,
             HelpName = "SHARD|DIR[,...]",
         };
@@ -181,16 +181,17 @@ internal static class TrainCommand
             var patientsFile = context.GetValue(patients);
             var listed = patientsFile is null ? null : ReadPatientList(patientsFile);
 
-            // Raw folders are pre-processed as the model's training data was; shards must match that.
             var recipe = manifest?.Training?.Config;
             var evaluation = recipe?.Evaluation ?? new EvaluationConfig();
             var t = context.GetValue(threshold) ?? evaluation.Threshold;
             var mirrorAveraging = context.GetValue(mirror) ?? evaluation.MirrorAveraging;
             var minRegionPixels = context.GetValue(minRegion) ?? evaluation.MinRegionPixels;
-            // Shards are checked only against a recipe's explicit preprocessing (older models, and models trained on shards
-            // without one, are checked on modalities and size below, as before).
-            var dataset = await LoadDataAsync(context, context.GetValue(data)!, manifest?.EffectivePreprocessing(), recipe?.Threads, cancellationToken,
-                checkShards: recipe?.Preprocessing is not null);
+            // Raw folders are pre-processed as the model's training data was, but keeping every brain slice whatever the
+            // training selection (ForScoring). Shards are checked only against a recipe's explicit preprocessing, any slice
+            // selection allowed (older models, and models trained on shards without one, are checked on modalities and
+            // size below, as before).
+            var dataset = await LoadDataAsync(context, context.GetValue(data)!, (manifest?.EffectivePreprocessing() ?? PreprocessingConfig.Default).ForScoring(), recipe?.Threads, cancellationToken,
+                recipe?.Preprocessing is null ? ShardCheck.None : ShardCheck.RecipeAnySliceSelection);
             if (listed is not null)
             {
                 dataset = SelectListedPatients(dataset, listed, patientsFile!);
@@ -307,7 +308,7 @@ internal static class TrainCommand
     /// <paramref name="preprocessing"/> (the pre-processor's defaults when null) and shards are checked against it.
     /// </summary>
     internal static async Task<SliceDataset> LoadDataAsync(
-        CommandContext context, string list, PreprocessingConfig? preprocessing, int? threads, CancellationToken cancellationToken, bool checkShards = true)
+        CommandContext context, string list, PreprocessingConfig? preprocessing, int? threads, CancellationToken cancellationToken, ShardCheck shardCheck = ShardCheck.Recipe)
     {
         var paths = list.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
         if (paths.Length == 0)
@@ -328,8 +329,8 @@ internal static class TrainCommand
             var parallelism = threads ?? Environment.ProcessorCount;
             var data = paths.Any(Directory.Exists)
                 ? await context.Output.StatusAsync("pre-processing the data folders", _ =>
-                    TrainingData.LoadAsync(paths, preprocessing, null, parallelism, Note(context), cancellationToken, checkShards))
-                : await TrainingData.LoadAsync(paths, preprocessing, null, parallelism, null, cancellationToken, checkShards);
+                    TrainingData.LoadAsync(paths, preprocessing, null, parallelism, Note(context), cancellationToken, shardCheck))
+                : await TrainingData.LoadAsync(paths, preprocessing, null, parallelism, null, cancellationToken, shardCheck);
             return data;
         }
         catch (ArgumentException e)
