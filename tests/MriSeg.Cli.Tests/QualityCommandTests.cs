@@ -1,3 +1,4 @@
+using System.Globalization;
 using System.Text.Json;
 
 namespace MriSeg.Cli.Tests;
@@ -60,10 +61,21 @@ public sealed class QualityCommandTests : IDisposable
         Assert.Equal(16, manifest.RootElement.GetProperty("input").GetProperty("height").GetInt32());
 
         // evaluate pre-processes the raw folder the same way (16x16, two modalities) and uses the recipe's mirror averaging.
-        var evaluate = await CliRun.RunAsync("evaluate", "--model", model, "--data", a, "--json");
+        var perPatient = Path.Combine(_folder.Path, "scores", "patients.csv");
+        var evaluate = await CliRun.RunAsync("evaluate", "--model", model, "--data", a, "--per-patient", perPatient, "--json");
         Assert.True(evaluate.ExitCode == 0, evaluate.ToString());
         var scores = evaluate.Json();
         Assert.Equal(6, scores.GetProperty("patients").GetInt32());
+
+        // --per-patient: one row per patient; the rows' Dice averages to the reported mean, and a patient has tumour
+        // pixels exactly when it is counted as having a tumour.
+        var rows = (await File.ReadAllLinesAsync(perPatient, TestContext.Current.CancellationToken)).ToList();
+        Assert.Equal("patient,slices,has_tumour,tumour_pixels,predicted_pixels,dice,iou,hd95", rows[0]);
+        var cells = rows.Skip(1).Select(r => r.Split(',')).ToList();
+        Assert.Equal(6, cells.Count);
+        Assert.Equal(scores.GetProperty("dice").GetDouble(), cells.Average(c => double.Parse(c[5], CultureInfo.InvariantCulture)), 5);
+        Assert.All(cells, c => Assert.Equal(c[2] == "1", long.Parse(c[3], CultureInfo.InvariantCulture) > 0));
+        Assert.Equal(scores.GetProperty("tumour_free_patients").GetInt32(), cells.Count(c => c[2] == "0"));
         Assert.True(scores.GetProperty("mirror_averaging").GetBoolean());
         Assert.InRange(scores.GetProperty("dice").GetDouble(), 0, 1);
         Assert.Equal(scores.GetProperty("dice").GetDouble(), scores.GetProperty("mean_channel_dice").GetDouble(), 12);

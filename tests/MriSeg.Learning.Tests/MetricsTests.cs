@@ -174,6 +174,8 @@ public sealed class MetricsTests(TorchRuntimeFixture fixture)
         Assert.Equal(0.5, byId["A"].IoU[0], 12);
         Assert.Equal(2, byId["A"].Slices);
         Assert.True(byId["A"].HasTumour);
+        Assert.Equal((3, 3), (byId["A"].TumourPixels, byId["A"].PredictedPixels));
+        Assert.Equal((0, 1), (byId["C"].TumourPixels, byId["C"].PredictedPixels));
         Assert.Equal(1.0, byId["B"].Dice[0]);
         Assert.Equal(0.0, byId["B"].Hd95[0]);
         Assert.Equal(0.0, byId["C"].Dice[0]);

@@ -34,7 +34,11 @@ public sealed record EvaluationOptions
 /// <param name="Dice">Dice per channel.</param>
 /// <param name="IoU">IoU per channel.</param>
 /// <param name="Hd95">HD95 per channel in pixels (NaN when not computed).</param>
-public sealed record PatientScores(string PatientId, int Slices, bool HasTumour, IReadOnlyList<double> Dice, IReadOnlyList<double> IoU, IReadOnlyList<double> Hd95);
+/// <param name="TumourPixels">Foreground pixels of the truth's first channel (whole tumour), all slices.</param>
+/// <param name="PredictedPixels">Foreground pixels of the prediction's first channel, all slices.</param>
+public sealed record PatientScores(
+    string PatientId, int Slices, bool HasTumour, IReadOnlyList<double> Dice, IReadOnlyList<double> IoU, IReadOnlyList<double> Hd95,
+    long TumourPixels, long PredictedPixels);
 
 /// <summary>Means over patients (every patient weighs the same, as in BraTS).</summary>
 /// <remarks>
@@ -196,7 +200,7 @@ public static class SegmentationEvaluator
             var dice = new double[channels];
             var iou = new double[channels];
             var hd = new double[channels];
-            var hasTumour = false;
+            long tumourPixels = 0, predictedPixels = 0;
             for (var c = 0; c < channels; c++)
             {
                 for (var s = 0; s < slices.Length; s++)
@@ -208,7 +212,8 @@ public static class SegmentationEvaluator
 
                 if (c == 0)
                 {
-                    hasTumour = truth.AsSpan().ContainsAnyExcept((byte)0);
+                    tumourPixels = n - truth.AsSpan().Count((byte)0);
+                    predictedPixels = n - prediction.AsSpan().Count((byte)0);
                 }
 
                 dice[c] = SegmentationMetrics.Dice(prediction, truth);
@@ -216,7 +221,7 @@ public static class SegmentationEvaluator
                 hd[c] = computeHd95 ? SegmentationMetrics.Hd95(prediction, truth, slices.Length, data.Height, data.Width) : double.NaN;
             }
 
-            scores[p] = new PatientScores(data.PatientIds[p], slices.Length, hasTumour, dice, iou, hd);
+            scores[p] = new PatientScores(data.PatientIds[p], slices.Length, tumourPixels > 0, dice, iou, hd, tumourPixels, predictedPixels);
         });
 
         var patients = scores.OfType<PatientScores>().ToList();

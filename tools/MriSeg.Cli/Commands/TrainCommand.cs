@@ -1,5 +1,6 @@
 using System.CommandLine;
 using System.Globalization;
+using System.Text;
 using System.Text.Json;
 using MriSeg.Cli.Infrastructure;
 using MriSeg.Imaging.Datasets;
@@ -146,9 +147,14 @@ internal static class TrainCommand
             Description = "Score only the patients whose IDs this file lists, one a line (e.g. a bench quality fold's held-out-patients.txt).",
             HelpName = "FILE",
         };
+        var perPatient = new Option<string?>("--per-patient")
+        {
+            Description = "Also write each patient's whole-tumour scores and pixel counts (truth, prediction) to this CSV file.",
+            HelpName = "FILE.csv",
+        };
         var command = new Command("evaluate", "Score a model on every patient: whole-tumour Dice (BraTS convention), IoU and HD95, means over patients.")
         {
-            model, data, device, threshold, mirror, minRegion, patients,
+            model, data, device, threshold, mirror, minRegion, patients, perPatient,
         };
         app.SetAction(command, async (context, cancellationToken) =>
         {
@@ -235,6 +241,11 @@ internal static class TrainCommand
                     }
                 }
             }, cancellationToken));
+            if (context.GetValue(perPatient) is { } csv)
+            {
+                WritePerPatient(csv, result.Patients);
+            }
+
             var s = result.Summary;
             var tumourFree = result.Patients.Count(p => !p.HasTumour);
             context.Output.WriteResult(
@@ -246,6 +257,29 @@ internal static class TrainCommand
             return ExitCodes.Success;
         });
         return command;
+    }
+
+    /// <summary>One CSV row per patient: the whole-tumour channel's scores and pixel counts (HD95 empty where undefined).</summary>
+    private static void WritePerPatient(string path, IReadOnlyList<MriSeg.Learning.Metrics.PatientScores> patients)
+    {
+        var text = new StringBuilder("patient,slices,has_tumour,tumour_pixels,predicted_pixels,dice,iou,hd95\n");
+        foreach (var p in patients)
+        {
+            var hd95 = double.IsFinite(p.Hd95[0]) ? p.Hd95[0].ToString("0.###", CultureInfo.InvariantCulture) : "";
+            text.Append(CultureInfo.InvariantCulture,
+                $"{p.PatientId},{p.Slices},{(p.HasTumour ? 1 : 0)},{p.TumourPixels},{p.PredictedPixels},{p.Dice[0]:0.######},{p.IoU[0]:0.######},{hd95}\n");
+        }
+
+        try
+        {
+            var folder = Path.GetDirectoryName(Path.GetFullPath(path))!;
+            Directory.CreateDirectory(folder);
+            File.WriteAllText(path, text.ToString());
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new CliException($"--per-patient {path}: {e.Message}");
+        }
     }
 
     /// <summary>
