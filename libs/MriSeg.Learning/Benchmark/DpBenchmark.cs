@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using MriSeg.Learning.Model;
 using MriSeg.Learning.PerSample;
 using TorchSharp;
@@ -153,28 +152,7 @@ public static class DpBenchmark
             stats.Resolve();
         }
 
-        var isCuda = device.type == DeviceType.CUDA;
-        using var process = Process.GetCurrentProcess();
-        (double Wall, double Cpu) Time(Action step)
-        {
-            if (isCuda)
-            {
-                cuda.synchronize(device);
-            }
-
-            process.Refresh();
-            var cpu = process.TotalProcessorTime;
-            var watch = Stopwatch.StartNew();
-            step();
-            if (isCuda)
-            {
-                cuda.synchronize(device);
-            }
-
-            var wall = watch.Elapsed.TotalMilliseconds;
-            process.Refresh();
-            return (wall, (process.TotalProcessorTime - cpu).TotalMilliseconds);
-        }
+        (double Wall, double Cpu) Time(Action step) => DeviceTiming.Measure(device, step);
 
         for (var i = 0; i < options.Warmup; i++)
         {

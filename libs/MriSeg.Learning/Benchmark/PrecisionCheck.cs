@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using MriSeg.Learning.Model;
 using MriSeg.Learning.PerSample;
 using TorchSharp;
@@ -214,20 +213,7 @@ public static class PrecisionCheck
     private static double Time(Device device, Action step)
     {
         using var scope = NewDisposeScope();
-        var isCuda = device.type == DeviceType.CUDA;
-        if (isCuda)
-        {
-            cuda.synchronize(device);
-        }
-
-        var watch = Stopwatch.StartNew();
-        step();
-        if (isCuda)
-        {
-            cuda.synchronize(device);
-        }
-
-        return watch.Elapsed.TotalMilliseconds;
+        return DeviceTiming.Measure(device, step).WallMs;
     }
 
     /// <summary>[G, P]: each group's gradient over all trainable parameters, as float64 on the CPU.</summary>
