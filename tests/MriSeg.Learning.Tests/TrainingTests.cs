@@ -14,6 +14,14 @@ public sealed class TrainingTests(TorchRuntimeFixture fixture, ITestOutputHelper
 {
     private static readonly UNetConfig Small = new() { InChannels = 1, OutChannels = 1, Depth = 2, BaseWidth = 2, GroupNormGroups = 1 };
 
+    /// <summary><paramref name="slices"/> random float64 16×16 images and masks (60 % background), drawn from <paramref name="generator"/>.</summary>
+    private static (Tensor X, Tensor Y) SmallBatch(Generator generator, int slices) =>
+        (randn([slices, 1, 16, 16], ScalarType.Float64, generator: generator),
+         rand([slices, 1, 16, 16], ScalarType.Float64, generator: generator).gt(0.6).to(ScalarType.Float64));
+
+    /// <summary>Every parameter's gradient, flattened into one copy.</summary>
+    private static Tensor FlatGradient(UNet2d model) => cat([.. model.OrderedParameters().Select(p => p.grad!.flatten())]).clone();
+
     private static TrainingConfig Dp(double epsilon = 8, double delta = 1e-3, double epochs = 2, int batch = 10) => new()
     {
         Model = Small,
@@ -232,8 +240,7 @@ public sealed class TrainingTests(TorchRuntimeFixture fixture, ITestOutputHelper
         using var scope = NewDisposeScope();
         using var generator = new Generator(21);
         using var model = new UNet2d(Small, ScalarType.Float64, generator: generator);
-        var x = randn([3, 1, 16, 16], ScalarType.Float64, generator: generator);
-        var y = rand([3, 1, 16, 16], ScalarType.Float64, generator: generator).gt(0.6).to(ScalarType.Float64);
+        var (x, y) = SmallBatch(generator, 3);
         int[] groups = [0, 0, 1];
         var twice = tensor(new long[] { 0, 0, 1, 1, 2, 2 });
         int[] groupsTwice = [0, 0, 0, 0, 1, 1];
@@ -244,7 +251,7 @@ public sealed class TrainingTests(TorchRuntimeFixture fixture, ITestOutputHelper
                 var loss = SegmentationTrainer.WithMultiplicity(SegmentationLosses.BceDice(), reduction, k);
                 using var engine = new DpGradientEngine(model, loss, new DpSgdSettings(0.05, 0, 2, reduction));
                 engine.ComputeGradients(inputs, targets, index);
-                return cat([.. model.OrderedParameters().Select(p => p.grad!.flatten())]).clone();
+                return FlatGradient(model);
             }
 
             var once = Gradient(x, y, groups, 1);
@@ -259,14 +266,13 @@ public sealed class TrainingTests(TorchRuntimeFixture fixture, ITestOutputHelper
         using var scope = NewDisposeScope();
         using var generator = new Generator(22);
         using var model = new UNet2d(Small, ScalarType.Float64, generator: generator);
-        var x = randn([5, 1, 16, 16], ScalarType.Float64, generator: generator);
-        var y = rand([5, 1, 16, 16], ScalarType.Float64, generator: generator).gt(0.6).to(ScalarType.Float64);
+        var (x, y) = SmallBatch(generator, 5);
         Tensor Run(Func<DpGradientEngine, DpStepStats> step, out DpStepStats stats)
         {
             using var noise = GaussianNoise.CreateInsecureSeeded(3);
             using var engine = new DpGradientEngine(model, SegmentationLosses.BceDice(), new DpSgdSettings(0.02, 1.0, 3), noise);
             stats = step(engine);
-            return cat([.. model.OrderedParameters().Select(p => p.grad!.flatten())]).clone();
+            return FlatGradient(model);
         }
 
         var whole = Run(e => e.ComputeGradients(x, y, [0, 1, 1, 2, 2]), out var wholeStats);
@@ -289,8 +295,7 @@ public sealed class TrainingTests(TorchRuntimeFixture fixture, ITestOutputHelper
         using var scope = NewDisposeScope();
         using var generator = new Generator(24);
         using var model = new UNet2d(Small, ScalarType.Float64, generator: generator);
-        var x = randn([4, 1, 16, 16], ScalarType.Float64, generator: generator);
-        var y = rand([4, 1, 16, 16], ScalarType.Float64, generator: generator).gt(0.6).to(ScalarType.Float64);
+        var (x, y) = SmallBatch(generator, 4);
         Tensor Run(bool? overlap, double sigma)
         {
             using var noise = GaussianNoise.CreateInsecureSeeded(7);
@@ -300,7 +305,7 @@ public sealed class TrainingTests(TorchRuntimeFixture fixture, ITestOutputHelper
             };
             engine.ComputeGradients(x, y, [0, 1, 1, 2]);
             engine.ComputeGradients(x, y, [0, 0, 1, 2]);
-            return cat([.. model.OrderedParameters().Select(p => p.grad!.flatten())]).clone();
+            return FlatGradient(model);
         }
 
         var direct = Run(null, 1.0);
@@ -318,13 +323,12 @@ public sealed class TrainingTests(TorchRuntimeFixture fixture, ITestOutputHelper
         using var scope = NewDisposeScope();
         using var generator = new Generator(23);
         using var model = new UNet2d(Small, ScalarType.Float64, generator: generator);
-        var x = randn([4, 1, 16, 16], ScalarType.Float64, generator: generator);
-        var y = rand([4, 1, 16, 16], ScalarType.Float64, generator: generator).gt(0.6).to(ScalarType.Float64);
+        var (x, y) = SmallBatch(generator, 4);
         Tensor Run(DpBatchChunk chunk, out DpStepStats stats)
         {
             using var engine = new DpGradientEngine(model, SegmentationLosses.BceDice(), new DpSgdSettings(0.02, 0, 3, GroupReduction.Mean));
             stats = engine.ComputeGradients(1, _ => chunk);
-            return cat([.. model.OrderedParameters().Select(p => p.grad!.flatten())]).clone();
+            return FlatGradient(model);
         }
 
         // Patients 0 (two slices) and 1; then three padding groups made of copies of real slices.
