@@ -175,4 +175,52 @@ public sealed class QualityCommandTests : IDisposable
         Assert.Equal(1, bad.ExitCode);
         Assert.Contains("no-such-recipe", bad.Stderr, StringComparison.Ordinal);
     }
+
+    [Fact]
+    public async Task Bench_quality_runs_each_recipe_once_per_training_seed_and_summarises_over_seeds()
+    {
+        var (a, b, dpRecipe) = await InputsAsync();
+        // Non-private and seed 3: on the CPU with one thread a seed gives the same weights bit for bit.
+        var recipe = Path.Combine(_folder.Path, "tiny-np.json");
+        var config = JsonSerializer.Deserialize<Dictionary<string, JsonElement>>(await File.ReadAllTextAsync(dpRecipe, TestContext.Current.CancellationToken))!;
+        config["privacy"] = JsonSerializer.SerializeToElement(new { mode = "non_private" });
+        config["seed"] = JsonSerializer.SerializeToElement(3);
+        await File.WriteAllTextAsync(recipe, JsonSerializer.Serialize(config), TestContext.Current.CancellationToken);
+        var report = Path.Combine(_folder.Path, "seeds", "quality.md");
+        var kept = Path.Combine(_folder.Path, "seeds", "models");
+
+        var run = await CliRun.RunAsync(
+            "bench", "quality", "--data", $"{a},{b}", "--folds", "2", "--recipes", recipe, "--training-seeds", "3,5", "--out", report,
+            "--keep-models", kept, "--device", "cpu", "--json");
+        Assert.True(run.ExitCode == 0, run.ToString());
+        var rows = run.Json().GetProperty("recipes").EnumerateArray().ToList();
+        Assert.Equal(["tiny-np-seed3", "tiny-np-seed5"], rows.Select(r => r.GetProperty("recipe").GetString()));
+        Assert.Equal([3UL, 5UL], rows.Select(r => r.GetProperty("training_seed").GetUInt64()));
+        var summary = Assert.Single(run.Json().GetProperty("over_training_seeds").EnumerateArray());
+        Assert.Equal("tiny-np", summary.GetProperty("recipe").GetString());
+        var means = rows.Select(r => r.GetProperty("dice").GetProperty("mean").GetDouble()).ToList();
+        Assert.Equal(means.Average(), summary.GetProperty("dice").GetProperty("mean").GetDouble(), 12);
+        Assert.Equal(means.Min(), summary.GetProperty("min_dice").GetDouble(), 12);
+        var markdown = await File.ReadAllTextAsync(report, TestContext.Current.CancellationToken);
+        Assert.Contains("Over training seeds", markdown, StringComparison.Ordinal);
+        Assert.Contains("| tiny-np | 3, 5 |", markdown, StringComparison.Ordinal);
+
+        // The recipe's own seed (3) without --training-seeds trains the very same fold model as seed 3 above; seed 5 another.
+        var single = await CliRun.RunAsync(
+            "bench", "quality", "--data", $"{a},{b}", "--folds", "2", "--recipes", recipe, "--out", Path.Combine(_folder.Path, "single", "q.md"),
+            "--keep-models", Path.Combine(_folder.Path, "single", "models"), "--device", "cpu", "--json");
+        Assert.True(single.ExitCode == 0, single.ToString());
+        Assert.Empty(single.Json().GetProperty("over_training_seeds").EnumerateArray());
+        var weights = (string dir) => File.ReadAllBytes(Path.Combine(dir, "fold-0", "model.safetensors"));
+        var own = weights(Path.Combine(_folder.Path, "single", "models", "tiny-np"));
+        Assert.Equal(own, weights(Path.Combine(kept, "tiny-np-seed3")));
+        Assert.NotEqual(own, weights(Path.Combine(kept, "tiny-np-seed5")));
+
+        foreach (var (seeds, message) in new[] { ("1,x", "\"x\" is not a seed"), ("2,2", "seed 2 is given twice"), (",", "names no seed") })
+        {
+            var refused = await CliRun.RunAsync("bench", "quality", "--data", a, "--recipes", recipe, "--training-seeds", seeds, "--out", report);
+            Assert.Equal(1, refused.ExitCode);
+            Assert.Contains(message, refused.Stderr, StringComparison.Ordinal);
+        }
+    }
 }

@@ -13,6 +13,8 @@ namespace MriSeg.Cli.Commands;
 /// <c>mriseg bench quality</c>: patient-level K-fold cross-validation of training recipes on shards or raw folders.
 /// Every recipe is trained K times, each time on all patients outside one fold, and scored on that fold's patients;
 /// the table gives the mean ± standard deviation over folds of the whole-tumour Dice (BraTS convention), IoU and HD95.
+/// With --training-seeds each recipe runs once per training seed (initial weights, batches, augmentation), and a second
+/// table gives the mean ± std over seeds: one run of a recipe is a draw, and its spread is as large as most levers.
 /// </summary>
 internal static class BenchQualityCommand
 {
@@ -47,10 +49,15 @@ internal static class BenchQualityCommand
             Description = "Keep each fold's model in DIR/<recipe>/fold-<i> (with its held-out patients' IDs) to re-score it with mriseg evaluate --patients.",
             HelpName = "DIR",
         };
+        var trainingSeeds = new Option<string?>("--training-seeds")
+        {
+            Description = "Run each recipe once per training seed (comma-separated; default: the recipe's own seed) and add the mean ± std over seeds.",
+            HelpName = "S,S,...",
+        };
         var device = TrainCommand.DeviceOption();
         var command = new Command("quality", "Patient-level K-fold cross-validation of training recipes: Dice, IoU, HD95 (mean ± std over folds) per recipe.")
         {
-            data, folds, recipes, output, seed, onlyFolds, keepModels, device,
+            data, folds, recipes, output, seed, onlyFolds, keepModels, trainingSeeds, device,
         };
         app.SetAction(command, async (context, cancellationToken) =>
         {
@@ -61,6 +68,7 @@ internal static class BenchQualityCommand
             }
 
             var selected = ParseFolds(context.GetValue(onlyFolds), k);
+            var seeds = ParseTrainingSeeds(context.GetValue(trainingSeeds));
             var recipeList = context.GetValue(recipes)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
                 .Select(r => (Name: RecipeName(r), Path: ResolveRecipe(r), Config: (TrainingConfig?)null)).ToList();
             if (recipeList.Count == 0)
@@ -71,6 +79,12 @@ internal static class BenchQualityCommand
             for (var i = 0; i < recipeList.Count; i++)
             {
                 recipeList[i] = recipeList[i] with { Config = TrainCommand.BuildConfig(recipeList[i].Path, null, null, false, null, null, null) };
+            }
+
+            var recipeNames = recipeList.Select(r => r.Name).ToList();
+            if (seeds is not null)
+            {
+                recipeList = [.. recipeList.SelectMany(r => seeds.Select(s => (Name: $"{r.Name}-seed{s}", r.Path, Config: (TrainingConfig?)(r.Config! with { Seed = s }))))];
             }
 
             var outPath = context.GetValue(output)!;
@@ -124,7 +138,7 @@ internal static class BenchQualityCommand
                 results.Add(RecipeResult.From(name, path, config, foldResults));
             }
 
-            var report = new QualityReport(k, context.GetValue(seed), context.GetValue(data)!, results);
+            var report = new QualityReport(k, context.GetValue(seed), context.GetValue(data)!, results, SeedSummary.Of(results, recipeNames, seeds));
             var markdown = report.ToMarkdown();
             var directory = Path.GetDirectoryName(Path.GetFullPath(outPath));
             if (directory is not null)
@@ -164,6 +178,33 @@ internal static class BenchQualityCommand
         }
 
         return list;
+    }
+
+    /// <summary>The --training-seeds list, or null when it is not given.</summary>
+    internal static IReadOnlyList<ulong>? ParseTrainingSeeds(string? text)
+    {
+        if (text is null)
+        {
+            return null;
+        }
+
+        var seeds = new List<ulong>();
+        foreach (var part in text.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+        {
+            if (!ulong.TryParse(part, NumberStyles.None, CultureInfo.InvariantCulture, out var s))
+            {
+                throw new CliException($"--training-seeds: \"{part}\" is not a seed (a whole number)");
+            }
+
+            if (seeds.Contains(s))
+            {
+                throw new CliException($"--training-seeds: seed {s} is given twice");
+            }
+
+            seeds.Add(s);
+        }
+
+        return seeds.Count > 0 ? seeds : throw new CliException("--training-seeds names no seed");
     }
 
     private static string RecipeName(string recipe) => recipe.EndsWith(".json", StringComparison.OrdinalIgnoreCase) ? Path.GetFileNameWithoutExtension(recipe) : recipe;
@@ -216,8 +257,8 @@ internal static class BenchQualityCommand
 
     /// <summary>One recipe in the report: means ± std over folds, and the folds.</summary>
     internal sealed record RecipeResult(
-        string Recipe, string Path, string Mode, double? TargetEpsilon, double? Delta, Stat Dice, Stat Iou, Stat Hd95, Stat TrainSeconds,
-        double PooledDice, int Patients, IReadOnlyList<FoldView> Folds)
+        string Recipe, string Path, string Mode, double? TargetEpsilon, double? Delta, ulong TrainingSeed, Stat Dice, Stat Iou, Stat Hd95,
+        Stat TrainSeconds, double PooledDice, int Patients, IReadOnlyList<FoldView> Folds)
     {
         public static RecipeResult From(string name, string path, TrainingConfig config, IReadOnlyList<FoldResult> folds)
         {
@@ -227,14 +268,30 @@ internal static class BenchQualityCommand
                 f.Epsilon, f.Delta, f.Sigma, f.Steps, f.TrainSeconds)).ToList();
             var patients = folds.Sum(f => f.Test.Patients);
             var pooled = patients == 0 ? double.NaN : folds.Sum(f => f.Test.Dice * f.Test.Patients) / patients;
-            return new RecipeResult(name, path, dp ? "dp" : "non_private", dp ? config.Privacy.Epsilon : null, dp ? config.Privacy.Delta : null,
+            return new RecipeResult(name, path, dp ? "dp" : "non_private", dp ? config.Privacy.Epsilon : null, dp ? config.Privacy.Delta : null, config.Seed,
                 Stat.Of(folds.Select(f => f.Test.Dice)), Stat.Of(folds.Select(f => f.Test.IoU)), Stat.Of(folds.Select(f => f.Test.Hd95)),
                 Stat.Of(folds.Select(f => f.TrainSeconds)), pooled, patients, views);
         }
     }
 
+    /// <summary>One recipe over its training seeds: mean ± std over seeds of the fold-mean Dice and IoU.</summary>
+    internal sealed record SeedSummary(string Recipe, IReadOnlyList<ulong> Seeds, Stat Dice, Stat Iou, double MinDice, double MaxDice)
+    {
+        /// <summary>Each recipe's runs, one per seed, in the order the command made them (recipe by recipe); empty without seeds.</summary>
+        public static IReadOnlyList<SeedSummary> Of(IReadOnlyList<RecipeResult> results, IReadOnlyList<string> recipes, IReadOnlyList<ulong>? seeds)
+        {
+            if (seeds is null)
+            {
+                return [];
+            }
+
+            return [.. results.Chunk(seeds.Count).Zip(recipes, (runs, recipe) => new SeedSummary(recipe, seeds,
+                Stat.Of(runs.Select(r => r.Dice.Mean)), Stat.Of(runs.Select(r => r.Iou.Mean)), runs.Min(r => r.Dice.Mean), runs.Max(r => r.Dice.Mean)))];
+        }
+    }
+
     /// <summary>The whole report (the JSON file and <c>--json</c>).</summary>
-    internal sealed record QualityReport(int Folds, ulong Seed, string Dataset, IReadOnlyList<RecipeResult> Recipes)
+    internal sealed record QualityReport(int Folds, ulong Seed, string Dataset, IReadOnlyList<RecipeResult> Recipes, IReadOnlyList<SeedSummary> OverTrainingSeeds)
     {
         public string ToMarkdown()
         {
@@ -254,6 +311,16 @@ internal static class BenchQualityCommand
             foreach (var r in Recipes)
             {
                 md.Append(inv, $"- {r.Recipe}: {string.Join(", ", r.Folds.Select(f => string.Create(inv, $"fold {f.Fold}: {f.Dice:0.000} ({f.TestPatients} patients{(f.Epsilon is { } e ? string.Create(inv, $", ε {e:0.00}") : "")})")))}\n");
+            }
+
+            if (OverTrainingSeeds.Count > 0)
+            {
+                md.Append("\nOver training seeds (mean ± std over seeds of each run's mean over folds):\n\n");
+                md.Append("| recipe | training seeds | Dice | IoU | lowest / highest run |\n|---|---|---|---|---|\n");
+                foreach (var s in OverTrainingSeeds)
+                {
+                    md.Append(inv, $"| {s.Recipe} | {string.Join(", ", s.Seeds)} | {s.Dice.Format("0.000")} | {s.Iou.Format("0.000")} | {s.MinDice:0.000} / {s.MaxDice:0.000} |\n");
+                }
             }
 
             return md.ToString();
