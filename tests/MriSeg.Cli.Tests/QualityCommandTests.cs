@@ -91,7 +91,7 @@ public sealed class QualityCommandTests : IDisposable
     }
 
     [Fact]
-    public async Task Evaluate_scores_every_slice_even_when_the_recipe_trained_on_tumour_slices_only()
+    public async Task A_model_trained_on_tumour_slices_only_is_scored_on_every_brain_slice_by_evaluate_train_and_bench_quality()
     {
         var (a, b, recipe) = await InputsAsync();
         var tumourOnly = Path.Combine(_folder.Path, "tumour-only.json");
@@ -114,6 +114,26 @@ public sealed class QualityCommandTests : IDisposable
         var raw = await CliRun.RunAsync("evaluate", "--model", model, "--data", a, "--json");
         Assert.True(raw.ExitCode == 0, raw.ToString());
         Assert.Equal(brainSlices, raw.Json().GetProperty("slices").GetInt32());
+
+        // train scored its test patients the same way: every brain slice of them, as evaluate does with its held-out list.
+        var heldOut = Path.Combine(model, "held-out-patients.txt");
+        var again = await CliRun.RunAsync("evaluate", "--model", model, "--data", $"{a},{b}", "--patients", heldOut, "--json");
+        Assert.True(again.ExitCode == 0, again.ToString());
+        Assert.Equal(train.Json().GetProperty("test_patients").GetInt32(), again.Json().GetProperty("patients").GetInt32());
+        Assert.Equal(again.Json().GetProperty("slices").GetInt32(), train.Json().GetProperty("test_slices").GetInt32());
+        Assert.Equal(again.Json().GetProperty("dice").GetDouble(), train.Json().GetProperty("dice").GetDouble(), 12);
+
+        // And so does bench quality with each fold's held-out patients.
+        var kept = Path.Combine(_folder.Path, "cv");
+        var cv = await CliRun.RunAsync("bench", "quality", "--data", $"{a},{b}", "--folds", "2", "--recipes", tumourOnly, "--out", Path.Combine(kept, "q.md"),
+            "--keep-models", kept, "--device", "cpu", "--json");
+        Assert.True(cv.ExitCode == 0, cv.ToString());
+        var fold = Path.Combine(kept, "tumour-only", "fold-0");
+        var rescored = await CliRun.RunAsync("evaluate", "--model", fold, "--data", $"{a},{b}", "--patients", Path.Combine(fold, "held-out-patients.txt"), "--json");
+        Assert.True(rescored.ExitCode == 0, rescored.ToString());
+        var fold0 = cv.Json().GetProperty("recipes")[0].GetProperty("folds")[0];
+        Assert.Equal(rescored.Json().GetProperty("slices").GetInt32(), fold0.GetProperty("test_slices").GetInt32());
+        Assert.Equal(rescored.Json().GetProperty("dice").GetDouble(), fold0.GetProperty("dice").GetDouble(), 12);
 
         // Shards of either selection are scored as they are.
         foreach (var (shard, slices) in new[] { (every, brainSlices), (selected, tumourSlices.Json().GetProperty("slices").GetInt32()) })

@@ -170,6 +170,24 @@ public sealed class QualityEvaluationTests(TorchRuntimeFixture fixture)
     }
 
     [Fact]
+    public void The_scoring_part_takes_the_same_patients_with_all_their_slices_by_id()
+    {
+        // The same patient IDs (P0000…): three slices each for scoring, one each (other images) as trained on, in another order.
+        var every = TestSlices.Disks(patients: 6, slicesPerPatient: 3, seed: 3);
+        var selected = TestSlices.Disks(patients: 6, slicesPerPatient: 1, seed: 4).SelectPatients([4, 0, 2]);
+
+        var part = TrainingData.ScoringPart(selected, [0, 2], every);
+        Assert.Equal([every.PatientIds[4], every.PatientIds[2]], part.PatientIds);
+        Assert.Equal(6, part.Count);
+        Assert.Equal(every.SelectPatients([4, 2]).Images, part.Images);
+        Assert.Equal(selected.SelectPatients([1]).Images, TrainingData.ScoringPart(selected, [1], null).Images);
+
+        var lacking = every.SelectPatients([0, 2]);
+        var e = Assert.Throws<ArgumentException>(() => TrainingData.ScoringPart(selected, [0], lacking));
+        Assert.Contains(every.PatientIds[4], e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public void A_recipe_base_model_starts_the_fold_and_a_wrong_one_is_refused()
     {
         Assert.NotNull(fixture.Info);

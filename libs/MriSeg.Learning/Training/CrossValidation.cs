@@ -68,9 +68,11 @@ public static class CrossValidation
     /// held-out patients with the recipe's <see cref="TrainingConfig.Evaluation"/> settings. With
     /// <paramref name="modelDirectory"/>, the fold's model is kept there as <c>mriseg train</c> writes one, with the
     /// held-out patients' IDs in <see cref="HeldOutFileName"/>, so it can be re-scored (<c>mriseg evaluate --patients</c>).
+    /// The held-out patients are scored on <paramref name="scoring"/> when given (<see cref="TrainingData.ScoringPart"/>).
     /// </summary>
     public static FoldResult RunFold(
-        SliceDataset data, TrainingConfig config, int fold, IReadOnlyList<int> heldOut, TrainingOptions? options = null, string? modelDirectory = null)
+        SliceDataset data, TrainingConfig config, int fold, IReadOnlyList<int> heldOut, TrainingOptions? options = null, string? modelDirectory = null,
+        SliceDataset? scoring = null)
     {
         ArgumentNullException.ThrowIfNull(data);
         ArgumentNullException.ThrowIfNull(config);
@@ -84,7 +86,7 @@ public static class CrossValidation
         var validation = split.Validation.Count > 0 ? restData.SelectPatients(split.Validation) : null;
         using var baseModel = options?.InitialModel is null ? TrainingData.LoadBaseModel(config) : null;
         using var training = SegmentationTrainer.Train(train, validation, config, baseModel is null ? options : (options ?? new TrainingOptions()) with { InitialModel = baseModel });
-        var heldOutData = data.SelectPatients(heldOut);
+        var heldOutData = TrainingData.ScoringPart(data, heldOut, scoring);
         var evaluation = SegmentationEvaluator.Evaluate(training.Model, heldOutData, config.Evaluation.ToOptions());
         if (modelDirectory is not null)
         {

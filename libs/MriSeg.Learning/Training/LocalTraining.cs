@@ -42,9 +42,10 @@ public static class LocalTraining
     /// <summary>
     /// Splits <paramref name="data"/> by patient (<see cref="TrainingConfig.Split"/>, seeded by
     /// <see cref="TrainingConfig.Seed"/>), trains on the training part with the validation part for model selection,
-    /// and scores the chosen model on the test part.
+    /// and scores the chosen model on the test part (taken from <paramref name="scoring"/> when given: see
+    /// <see cref="TrainingData.ScoringPart"/>).
     /// </summary>
-    public static LocalTrainingResult Run(SliceDataset data, TrainingConfig config, TrainingOptions? options = null)
+    public static LocalTrainingResult Run(SliceDataset data, TrainingConfig config, TrainingOptions? options = null, SliceDataset? scoring = null)
     {
         ArgumentNullException.ThrowIfNull(data);
         ArgumentNullException.ThrowIfNull(config);
@@ -61,7 +62,7 @@ public static class LocalTraining
         var training = SegmentationTrainer.Train(train, validation, config, baseModel is null ? options : (options ?? new TrainingOptions()) with { InitialModel = baseModel });
         try
         {
-            var test = split.Test.Count > 0 ? SegmentationEvaluator.Evaluate(training.Model, data.SelectPatients(split.Test), config.Evaluation.ToOptions()) : null;
+            var test = split.Test.Count > 0 ? SegmentationEvaluator.Evaluate(training.Model, TrainingData.ScoringPart(data, split.Test, scoring), config.Evaluation.ToOptions()) : null;
             return new LocalTrainingResult(training, split, test, DatasetSchema.Of(data));
         }
         catch

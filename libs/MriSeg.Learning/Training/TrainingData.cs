@@ -83,6 +83,28 @@ public static class TrainingData
         }
     }
 
+    /// <summary>
+    /// The <paramref name="patients"/> (indices into <paramref name="data"/>'s patients) to score a model on: from
+    /// <paramref name="scoring"/> when given (the same patients pre-processed with every brain slice,
+    /// <see cref="PreprocessingConfig.ForScoring"/>, so that a model trained on a slice selection is scored as
+    /// <c>mriseg evaluate</c> scores it), else from <paramref name="data"/>.
+    /// </summary>
+    /// <exception cref="ArgumentException">A patient of <paramref name="data"/> that <paramref name="scoring"/> lacks.</exception>
+    public static SliceDataset ScoringPart(SliceDataset data, IReadOnlyList<int> patients, SliceDataset? scoring)
+    {
+        ArgumentNullException.ThrowIfNull(data);
+        ArgumentNullException.ThrowIfNull(patients);
+        if (scoring is null)
+        {
+            return data.SelectPatients(patients);
+        }
+
+        var index = scoring.PatientIds.Select((id, i) => (id, i)).ToDictionary(t => t.id, t => t.i, StringComparer.Ordinal);
+        return scoring.SelectPatients([.. patients.Select(p => index.TryGetValue(data.PatientIds[p], out var i)
+            ? i
+            : throw new ArgumentException($"patient {data.PatientIds[p]} is missing from the scoring data"))]);
+    }
+
     /// <summary>The recipe's <see cref="TrainingConfig.BaseModel"/> loaded on the CPU (float32), or null when it names none.</summary>
     /// <exception cref="ArgumentException">The folder is missing or not a model folder.</exception>
     public static Model.UNet2d? LoadBaseModel(TrainingConfig config)

@@ -67,6 +67,7 @@ public sealed record TrainingSummary(
 /// <param name="TrainingPatients">N.</param>
 /// <param name="ValidationPatients">Validation patients.</param>
 /// <param name="TestPatients">Test patients scored.</param>
+/// <param name="TestSlices">Their slices scored (every brain slice when the run was given them, see <see cref="TrainingData.ScoringPart"/>).</param>
 /// <param name="BestValidationDice">Validation Dice of the kept weights.</param>
 /// <param name="Channels">Label channels.</param>
 /// <param name="DicePerChannel">Test Dice per channel.</param>
@@ -87,6 +88,7 @@ public sealed record RunMetrics(
     int TrainingPatients,
     int ValidationPatients,
     int TestPatients,
+    int? TestSlices,
     double? BestValidationDice,
     IReadOnlyList<string> Channels,
     IReadOnlyList<double>? DicePerChannel);
@@ -138,7 +140,7 @@ public static class TrainingOutputs
         return new RunMetrics(
             s?.Dice, s?.IoU, s?.Hd95, t.Privacy?.Epsilon, t.Privacy?.Delta, t.Plan.NoiseMultiplier, t.Plan.SampleRate, t.Steps,
             t.TrainSeconds, t.SamplesPerSecond, t.Plan.Mode == PrivacyMode.Dp ? "dp" : "non_private", t.Privacy?.Accountant, t.Plan.ClipNorm,
-            t.Plan.TrainingPatients, run.Split.Validation.Count, run.Split.Test.Count, t.BestValidationDice, run.Data.LabelChannels, s?.DicePerChannel);
+            t.Plan.TrainingPatients, run.Split.Validation.Count, run.Split.Test.Count, s?.Slices, t.BestValidationDice, run.Data.LabelChannels, s?.DicePerChannel);
     }
 
     /// <summary>Writes every output into <paramref name="directory"/> (created if needed); returns the paths written.</summary>

@@ -91,15 +91,18 @@ internal static class BenchQualityCommand
             var modelsRoot = context.GetValue(keepModels);
             var chosen = TrainCommand.InitializeDevice(context, context.GetValue(device));
             var results = new List<RecipeResult>();
-            var loaded = new Dictionary<string, SliceDataset>(StringComparer.Ordinal);
+            var loaded = new Dictionary<string, (SliceDataset Data, SliceDataset? Scoring)>(StringComparer.Ordinal);
             foreach (var (name, path, config) in recipeList)
             {
                 var key = JsonSerializer.Serialize(config!.Preprocessing ?? PreprocessingConfig.Default, TrainingOutputs.JsonOptions);
-                if (!loaded.TryGetValue(key, out var dataset))
+                if (!loaded.TryGetValue(key, out var sets))
                 {
-                    dataset = await TrainCommand.LoadDataAsync(context, context.GetValue(data)!, config.Preprocessing, config.Threads, cancellationToken);
-                    loaded[key] = dataset;
+                    sets.Data = await TrainCommand.LoadDataAsync(context, context.GetValue(data)!, config.Preprocessing, config.Threads, cancellationToken);
+                    sets.Scoring = await TrainCommand.LoadScoringDataAsync(context, context.GetValue(data)!, config.Preprocessing, config.Threads, cancellationToken);
+                    loaded[key] = sets;
                 }
+
+                var (dataset, scoring) = sets;
 
                 IReadOnlyList<int[]> split;
                 try
@@ -121,7 +124,7 @@ internal static class BenchQualityCommand
                     {
                         var modelDirectory = modelsRoot is null ? null : Path.Combine(modelsRoot, name, $"fold-{f}");
                         r = await Task.Run(
-                            () => CrossValidation.RunFold(dataset, config, f, split[f], new TrainingOptions { Device = chosen, CancellationToken = cancellationToken }, modelDirectory),
+                            () => CrossValidation.RunFold(dataset, config, f, split[f], new TrainingOptions { Device = chosen, CancellationToken = cancellationToken }, modelDirectory, scoring),
                             cancellationToken);
                     }
                     catch (ArgumentException e)
@@ -252,7 +255,7 @@ internal static class BenchQualityCommand
 
     /// <summary>One fold in the report.</summary>
     internal sealed record FoldView(
-        int Fold, int TrainingPatients, int ValidationPatients, int TestPatients, double Dice, double Iou, double Hd95, double DiceStdOverPatients,
+        int Fold, int TrainingPatients, int ValidationPatients, int TestPatients, int TestSlices, double Dice, double Iou, double Hd95, double DiceStdOverPatients,
         double? Epsilon, double? Delta, double Sigma, long Steps, double TrainSeconds);
 
     /// <summary>One recipe in the report: means ± std over folds, and the folds.</summary>
@@ -264,7 +267,7 @@ internal static class BenchQualityCommand
         {
             var dp = config.Privacy.Mode == PrivacyMode.Dp;
             var views = folds.Select(f => new FoldView(
-                f.Fold, f.TrainingPatients, f.ValidationPatients, f.Test.Patients, f.Test.Dice, f.Test.IoU, f.Test.Hd95, f.Test.DiceStd,
+                f.Fold, f.TrainingPatients, f.ValidationPatients, f.Test.Patients, f.Test.Slices, f.Test.Dice, f.Test.IoU, f.Test.Hd95, f.Test.DiceStd,
                 f.Epsilon, f.Delta, f.Sigma, f.Steps, f.TrainSeconds)).ToList();
             var patients = folds.Sum(f => f.Test.Patients);
             var pooled = patients == 0 ? double.NaN : folds.Sum(f => f.Test.Dice * f.Test.Patients) / patients;

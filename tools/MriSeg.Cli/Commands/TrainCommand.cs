@@ -46,6 +46,7 @@ internal static class TrainCommand
             var recipe = BuildConfig(context.GetValue(config), context.GetValue(epsilon), context.GetValue(delta), context.GetValue(nonPrivate),
                 context.GetValue(epochs), context.GetValue(batch), context.GetValue(seed));
             var dataset = await LoadDataAsync(context, context.GetValue(data)!, recipe.Preprocessing, recipe.Threads, cancellationToken);
+            var scoring = recipe.Split.TestFraction > 0 ? await LoadScoringDataAsync(context, context.GetValue(data)!, recipe.Preprocessing, recipe.Threads, cancellationToken) : null;
             var chosen = InitializeDevice(context, context.GetValue(device));
             var outDir = context.GetValue(output)!;
             var split = PatientSplit.Create(dataset, recipe.Split.ValidationFraction, recipe.Split.TestFraction, recipe.Seed, recipe.Split.Stratify);
@@ -76,7 +77,7 @@ internal static class TrainCommand
                         Device = chosen,
                         CancellationToken = cancellationToken,
                         Progress = p => Report(reporter, p, stepLines),
-                    }),
+                    }, scoring),
                     cancellationToken));
             }
             catch (ArgumentException e)
@@ -87,6 +88,14 @@ internal static class TrainCommand
             using (run)
             {
                 var paths = TrainingOutputs.Write(outDir, run);
+                if (run.Split.Test.Count > 0)
+                {
+                    // The test patients' IDs, so that `evaluate --patients` can score the same patients again.
+                    var heldOut = Path.Combine(outDir, CrossValidation.HeldOutFileName);
+                    await File.WriteAllLinesAsync(heldOut, run.Split.Test.Select(p => dataset.PatientIds[p]), cancellationToken);
+                    paths = [.. paths, heldOut];
+                }
+
                 var metrics = TrainingOutputs.Metrics(run);
                 context.Output.WriteResult(metrics, (console, m) => Render(console, m, outDir, paths), TrainingOutputs.JsonOptions);
             }
@@ -371,6 +380,26 @@ internal static class TrainCommand
         {
             throw new CliException(e.Message);
         }
+    }
+
+    /// <summary>
+    /// The data again with every brain slice, to score held-out patients on as <c>evaluate</c> does, when
+    /// <paramref name="list"/> holds raw folders and the recipe's pre-processing keeps only a share of the tumour-free
+    /// slices (a model is judged on all of them: that is where false positives cost Dice); else null. Shards are
+    /// scored as they are.
+    /// </summary>
+    internal static async Task<SliceDataset?> LoadScoringDataAsync(
+        CommandContext context, string list, PreprocessingConfig? preprocessing, int? threads, CancellationToken cancellationToken)
+    {
+        var effective = preprocessing ?? PreprocessingConfig.Default;
+        if (effective.TumourFreeShare >= 1 || !list.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Any(Directory.Exists))
+        {
+            return null;
+        }
+
+        context.Output.Progress(string.Create(CultureInfo.InvariantCulture,
+            $"held-out patients are scored on every brain slice: pre-processing the folders again without the training selection (tumour_free_share {effective.TumourFreeShare})"));
+        return await LoadDataAsync(context, list, effective.ForScoring(), threads, cancellationToken, ShardCheck.RecipeAnySliceSelection);
     }
 
     /// <summary>Skipped cases as warnings, the rest as progress lines.</summary>
