@@ -46,13 +46,15 @@ internal static class TrainCommand
             var recipe = BuildConfig(context.GetValue(config), context.GetValue(epsilon), context.GetValue(delta), context.GetValue(nonPrivate),
                 context.GetValue(epochs), context.GetValue(batch), context.GetValue(seed));
             var dataset = await LoadDataAsync(context, context.GetValue(data)!, recipe.Preprocessing, recipe.Threads, cancellationToken);
-            var scoring = recipe.Split.TestFraction > 0 ? await LoadScoringDataAsync(context, context.GetValue(data)!, recipe.Preprocessing, recipe.Threads, cancellationToken) : null;
             var chosen = InitializeDevice(context, context.GetValue(device));
             var outDir = context.GetValue(output)!;
             var split = PatientSplit.Create(dataset, recipe.Split.ValidationFraction, recipe.Split.TestFraction, recipe.Seed, recipe.Split.Stratify);
+            var everySlice = split.Test.Count > 0 ? await LoadScoringDataAsync(context, context.GetValue(data)!, recipe.Preprocessing, recipe.Threads, cancellationToken) : null;
+            SliceDataset? scoring;
             TrainingPlan plan;
             try
             {
+                scoring = everySlice is null ? null : TrainingData.ScoringPart(dataset, split.Test, everySlice); // only the test patients stay in memory
                 SegmentationTrainer.ResolveModel(recipe, dataset);
                 plan = SegmentationTrainer.Plan(recipe, split.Train.Count);
             }
