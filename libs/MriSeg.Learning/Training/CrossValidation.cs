@@ -26,8 +26,16 @@ public sealed record FoldResult(
 /// </summary>
 public static class CrossValidation
 {
-    /// <summary>The file, in a kept fold model's folder, listing the fold's held-out patient IDs, one a line.</summary>
+    /// <summary>The file, in a model folder of `bench quality --keep-models` or `train`, listing the held-out (test) patient IDs it was scored on, one a line.</summary>
     public const string HeldOutFileName = "held-out-patients.txt";
+
+    /// <summary>Writes the IDs of the patients a model was scored on, one a line, as <see cref="HeldOutFileName"/> in its folder; returns the path.</summary>
+    public static string WriteHeldOutPatients(string modelDirectory, IEnumerable<string> patientIds)
+    {
+        var path = Path.Combine(modelDirectory, HeldOutFileName);
+        File.WriteAllLines(path, patientIds);
+        return path;
+    }
 
     /// <summary>
     /// Splits the patients of <paramref name="data"/> (those with at least one slice) into <paramref name="k"/> folds:
@@ -91,7 +99,7 @@ public static class CrossValidation
         if (modelDirectory is not null)
         {
             TrainingOutputs.Write(modelDirectory, new LocalTrainingResult(training, split with { Test = heldOut }, evaluation, DatasetSchema.Of(data)));
-            File.WriteAllLines(Path.Combine(modelDirectory, HeldOutFileName), heldOutData.PatientIds);
+            WriteHeldOutPatients(modelDirectory, heldOutData.PatientIds);
         }
 
         var test = evaluation.Summary;

@@ -99,10 +99,23 @@ public static class TrainingData
             return data.SelectPatients(patients);
         }
 
-        var index = scoring.PatientIds.Select((id, i) => (id, i)).ToDictionary(t => t.id, t => t.i, StringComparer.Ordinal);
-        return scoring.SelectPatients([.. patients.Select(p => index.TryGetValue(data.PatientIds[p], out var i)
-            ? i
-            : throw new ArgumentException($"patient {data.PatientIds[p]} is missing from the scoring data"))]);
+        return SelectById(scoring, [.. patients.Select(p => data.PatientIds[p])]);
+    }
+
+    /// <summary>The patients of <paramref name="data"/> with these IDs, in this order.</summary>
+    /// <exception cref="ArgumentException">An ID that <paramref name="data"/> lacks (the message names how many, and one).</exception>
+    public static SliceDataset SelectById(SliceDataset data, IReadOnlyList<string> ids)
+    {
+        ArgumentNullException.ThrowIfNull(data);
+        ArgumentNullException.ThrowIfNull(ids);
+        var index = data.PatientIds.Select((id, i) => (id, i)).ToDictionary(t => t.id, t => t.i, StringComparer.Ordinal);
+        var missing = ids.Where(id => !index.ContainsKey(id)).ToArray();
+        if (missing.Length > 0)
+        {
+            throw new ArgumentException($"{missing.Length} patient(s) not in the data, e.g. {missing[0]}");
+        }
+
+        return data.SelectPatients([.. ids.Select(id => index[id])]);
     }
 
     /// <summary>The recipe's <see cref="TrainingConfig.BaseModel"/> loaded on the CPU (float32), or null when it names none.</summary>

@@ -93,9 +93,7 @@ internal static class TrainCommand
                 if (run.Split.Test.Count > 0)
                 {
                     // The test patients' IDs, so that `evaluate --patients` can score the same patients again.
-                    var heldOut = Path.Combine(outDir, CrossValidation.HeldOutFileName);
-                    await File.WriteAllLinesAsync(heldOut, run.Split.Test.Select(p => dataset.PatientIds[p]), cancellationToken);
-                    paths = [.. paths, heldOut];
+                    paths = [.. paths, CrossValidation.WriteHeldOutPatients(outDir, run.Split.Test.Select(p => dataset.PatientIds[p]))];
                 }
 
                 var metrics = TrainingOutputs.Metrics(run);
@@ -126,14 +124,14 @@ internal static class TrainCommand
     /// <summary>The patients of <paramref name="dataset"/> with the <paramref name="listed"/> IDs; every listed ID must be there.</summary>
     internal static SliceDataset SelectListedPatients(SliceDataset dataset, IReadOnlyList<string> listed, string file)
     {
-        var index = dataset.PatientIds.Select((id, i) => (id, i)).ToDictionary(x => x.id, x => x.i, StringComparer.Ordinal);
-        var missing = listed.Where(id => !index.ContainsKey(id)).ToArray();
-        if (missing.Length > 0)
+        try
         {
-            throw new CliException($"--patients {file}: {missing.Length} listed patient(s) not in the data, e.g. {missing[0]}");
+            return TrainingData.SelectById(dataset, listed);
         }
-
-        return dataset.SelectPatients([.. listed.Select(id => index[id])]);
+        catch (ArgumentException e)
+        {
+            throw new CliException($"--patients {file}: {e.Message}");
+        }
     }
 
     public static Command CreateEvaluate(CliApp app)
