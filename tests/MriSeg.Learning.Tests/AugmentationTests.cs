@@ -134,4 +134,54 @@ public sealed class AugmentationTests(TorchRuntimeFixture fixture)
             }
         }
     }
+
+    [Fact]
+    public void Tumour_paste_moves_a_shrunk_donor_tumour_into_the_receiving_brain_only()
+    {
+        using var scope = NewDisposeScope();
+        const int size = 32;
+
+        // Slice 0: no tumour, brain in the left half only (value 1). Slice 1: brain everywhere (value 5), a 12x12 tumour of value 9.
+        var x = zeros([2, 2, size, size]);
+        var y = zeros([2, 1, size, size]);
+        x[0, .., .., 0..16] = 1;
+        x[1] = 5;
+        x[1, .., 10..22, 10..22] = 9;
+        y[1, .., 10..22, 10..22] = 1;
+        var config = AugmentationConfig.None with { TumourPaste = 1, TumourPasteMinScale = 0.4 };
+        var pastedSizes = new List<long>();
+        for (var seed = 0; seed < 40; seed++)
+        {
+            var (ax, ay) = new SliceAugmenter(config, seed).Apply(x, y);
+            Assert.True((ay.eq(0) | ay.eq(1)).all().item<bool>(), "labels must stay 0/1");
+
+            // The donor of slice 1 is slice 0, which has no tumour: slice 1 is untouched.
+            Assert.True(ax[1].equal(x[1]).all().item<bool>() && ay[1].equal(y[1]).all().item<bool>(), $"seed {seed}: a tumour-free donor changed its receiver");
+
+            // Slice 0 gains tumour only inside its brain, with the donor's tumour intensities there and its own elsewhere.
+            var pasted = ay[0, 0].gt(0.5);
+            Assert.False(pasted.logical_and(x[0, 0].eq(0)).any().item<bool>(), $"seed {seed}: tumour pasted outside the brain");
+            var inside = ax[0, 0].masked_select(pasted);
+            Assert.True(inside.ge(5 - 1e-4).all().item<bool>() && inside.le(9 + 1e-4).all().item<bool>(), $"seed {seed}: pasted pixels are not the donor's");
+            Assert.True(ax[0].masked_select(pasted.logical_not().expand(2, -1, -1)).equal(x[0].masked_select(pasted.logical_not().expand(2, -1, -1))).all().item<bool>(), $"seed {seed}: pixels outside the pasted tumour changed");
+            pastedSizes.Add(pasted.sum().item<long>());
+        }
+
+        // Tumours land in most draws, shrunk to various sizes (the donor's is 144 pixels; at scale 0.4, about 23).
+        Assert.True(pastedSizes.Count(s => s > 0) >= 10, $"too few pastes landed: {string.Join(',', pastedSizes)}");
+        Assert.True(pastedSizes.Max() <= 144, $"a pasted tumour grew: {pastedSizes.Max()}");
+        Assert.Contains(pastedSizes, s => s is > 0 and < 70);
+        Assert.True(new SliceAugmenter(AugmentationConfig.None with { TumourPaste = 0 }, 1).Apply(x, y).Images.equal(x).all().item<bool>());
+    }
+
+    [Fact]
+    public void Tumour_paste_is_refused_under_differential_privacy()
+    {
+        var error = Assert.Throws<ArgumentException>(() => TrainingConfig.FromJson("""{ "augmentation": { "tumour_paste": 0.3 } }"""));
+        Assert.Contains("tumour_paste", error.Message, StringComparison.Ordinal);
+        Assert.Contains("per-patient privacy", error.Message, StringComparison.Ordinal);
+        var plain = TrainingConfig.FromJson("""{ "privacy": { "mode": "non_private" }, "augmentation": { "tumour_paste": 0.3 } }""");
+        Assert.Equal(0.3, plain.Augmentation.TumourPaste);
+        Assert.Throws<ArgumentException>(() => TrainingConfig.FromJson("""{ "privacy": { "mode": "non_private" }, "augmentation": { "tumour_paste": 1.5 } }"""));
+    }
 }

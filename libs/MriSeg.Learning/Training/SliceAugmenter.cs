@@ -83,7 +83,47 @@ public sealed class SliceAugmenter
             outImages = (outImages * gain) + (offset * brain);
         }
 
+        if (_config.TumourPaste > 0 && n > 1)
+        {
+            (outImages, outMasks) = PasteTumours(outImages, outMasks);
+        }
+
         return (ReferenceEquals(outImages, images) ? images.alias() : outImages, ReferenceEquals(outMasks, masks) ? masks.alias() : outMasks);
+    }
+
+    /// <summary>
+    /// Tumour copy-paste: each chosen slice takes the tumour of another slice of the batch (its donor), shrunk and
+    /// moved at random, where it falls inside the receiving slice's brain; the donor's pixels replace the receiver's
+    /// there, in every channel, and the pasted tumour joins the receiver's labels.
+    /// </summary>
+    private (Tensor Images, Tensor Masks) PasteTumours(Tensor images, Tensor masks)
+    {
+        var (n, c, h, w) = (images.shape[0], images.shape[1], images.shape[2], images.shape[3]);
+        var donors = new long[n];
+        var chosen = new float[n];
+        var theta = new float[n * 6];
+        for (var i = 0; i < n; i++)
+        {
+            donors[i] = (i + 1 + _random.NextInt64(n - 1)) % n;
+            chosen[i] = _random.NextDouble() < _config.TumourPaste ? 1 : 0;
+            var scale = _config.TumourPasteMinScale + ((1 - _config.TumourPasteMinScale) * _random.NextDouble());
+
+            // Output → input: coordinates divided by the scale shrink the donor's content; the offset moves it.
+            theta[(6 * i) + 0] = (float)(1 / scale);
+            theta[(6 * i) + 2] = (float)((2 * _random.NextDouble()) - 1);
+            theta[(6 * i) + 4] = (float)(1 / scale);
+            theta[(6 * i) + 5] = (float)((2 * _random.NextDouble()) - 1);
+        }
+
+        var index = tensor(donors, device: images.device);
+        var t = tensor(theta, [n, 2, 3]).to(images.dtype, images.device);
+        var grid = F.affine_grid(t, [n, c, h, w], align_corners: false);
+        var donorImages = F.grid_sample(images.index_select(0, index), grid, GridSampleMode.Bilinear, GridSamplePaddingMode.Zeros, align_corners: false);
+        var donorMasks = F.grid_sample(masks.index_select(0, index), grid.to(masks.dtype), GridSampleMode.Nearest, GridSamplePaddingMode.Zeros, align_corners: false);
+        var brain = images.ne(0).any(1, keepdim: true);
+        var take = tensor(chosen, [n, 1, 1, 1]).to(images.device).gt(0);
+        var region = donorMasks.gt(0.5).any(1, keepdim: true).logical_and(brain).logical_and(take);
+        return (where(region, donorImages, images), where(region, maximum(masks, donorMasks), masks));
     }
 
     /// <summary>
