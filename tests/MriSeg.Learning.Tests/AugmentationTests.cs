@@ -136,39 +136,44 @@ public sealed class AugmentationTests(TorchRuntimeFixture fixture)
     }
 
     [Fact]
-    public void Tumour_paste_moves_a_shrunk_donor_tumour_into_the_receiving_brain_only()
+    public void Tumour_paste_moves_a_shrunk_donor_tumour_into_the_brain_of_a_slice_with_tumour()
     {
         using var scope = NewDisposeScope();
         const int size = 32;
 
-        // Slice 0: no tumour, brain in the left half only (value 1). Slice 1: brain everywhere (value 5), a 12x12 tumour of value 9.
-        var x = zeros([2, 2, size, size]);
-        var y = zeros([2, 1, size, size]);
+        // Slice 0: brain in the left half only (value 1), its own 2x2 tumour. Slice 1: brain everywhere (value 5), a
+        // 12x12 tumour of value 9. Slice 2: brain everywhere (value 3), no tumour: it must never receive one.
+        var x = zeros([3, 2, size, size]);
+        var y = zeros([3, 1, size, size]);
         x[0, .., .., 0..16] = 1;
+        y[0, .., 4..6, 4..6] = 1;
         x[1] = 5;
         x[1, .., 10..22, 10..22] = 9;
         y[1, .., 10..22, 10..22] = 1;
+        x[2] = 3;
         var config = AugmentationConfig.None with { TumourPaste = 1, TumourPasteMinScale = 0.4 };
         var pastedSizes = new List<long>();
         for (var seed = 0; seed < 40; seed++)
         {
             var (ax, ay) = new SliceAugmenter(config, seed).Apply(x, y);
             Assert.True((ay.eq(0) | ay.eq(1)).all().item<bool>(), "labels must stay 0/1");
+            Assert.True(ax[2].equal(x[2]).all().item<bool>() && ay[2].equal(y[2]).all().item<bool>(), $"seed {seed}: a tumour-free slice received a tumour");
 
-            // The donor of slice 1 is slice 0, which has no tumour: slice 1 is untouched.
-            Assert.True(ax[1].equal(x[1]).all().item<bool>() && ay[1].equal(y[1]).all().item<bool>(), $"seed {seed}: a tumour-free donor changed its receiver");
-
-            // Slice 0 gains tumour only inside its brain, with the donor's tumour intensities there and its own elsewhere.
-            var pasted = ay[0, 0].gt(0.5);
-            Assert.False(pasted.logical_and(x[0, 0].eq(0)).any().item<bool>(), $"seed {seed}: tumour pasted outside the brain");
-            var inside = ax[0, 0].masked_select(pasted);
-            Assert.True(inside.ge(5 - 1e-4).all().item<bool>() && inside.le(9 + 1e-4).all().item<bool>(), $"seed {seed}: pasted pixels are not the donor's");
-            Assert.True(ax[0].masked_select(pasted.logical_not().expand(2, -1, -1)).equal(x[0].masked_select(pasted.logical_not().expand(2, -1, -1))).all().item<bool>(), $"seed {seed}: pixels outside the pasted tumour changed");
-            pastedSizes.Add(pasted.sum().item<long>());
+            // Slice 0 keeps its own tumour and gains the donor's only inside its brain; only pasted pixels change, to
+            // the donor's intensities (slice 1's 5..9; slice 2 has no tumour to give).
+            Assert.True(ay[0].ge(y[0]).all().item<bool>(), $"seed {seed}: a tumour label was lost");
+            var changed = ax[0].ne(x[0]).any(0);
+            var added = ay[0, 0].gt(0.5).logical_and(y[0, 0].lt(0.5));
+            Assert.False(changed.logical_and(ay[0, 0].lt(0.5)).any().item<bool>(), $"seed {seed}: pixels outside the pasted tumour changed");
+            Assert.False(changed.logical_and(x[0, 0].eq(0)).any().item<bool>(), $"seed {seed}: tumour pasted outside the brain");
+            Assert.False(added.logical_and(changed.logical_not()).any().item<bool>(), $"seed {seed}: a label was added without the donor's pixels");
+            var pasted = ax[0, 0].masked_select(changed);
+            Assert.True(pasted.ge(5 - 1e-4).all().item<bool>() && pasted.le(9 + 1e-4).all().item<bool>(), $"seed {seed}: pasted pixels are not the donor's");
+            pastedSizes.Add(changed.sum().item<long>());
         }
 
-        // Tumours land in most draws, shrunk to various sizes (the donor's is 144 pixels; at scale 0.4, about 23).
-        Assert.True(pastedSizes.Count(s => s > 0) >= 10, $"too few pastes landed: {string.Join(',', pastedSizes)}");
+        // Tumours land in many draws, shrunk to various sizes (the donor's is 144 pixels; at scale 0.4, about 23).
+        Assert.True(pastedSizes.Count(s => s > 0) >= 8, $"too few pastes landed: {string.Join(',', pastedSizes)}");
         Assert.True(pastedSizes.Max() <= 144, $"a pasted tumour grew: {pastedSizes.Max()}");
         Assert.Contains(pastedSizes, s => s is > 0 and < 70);
         Assert.True(new SliceAugmenter(AugmentationConfig.None with { TumourPaste = 0 }, 1).Apply(x, y).Images.equal(x).all().item<bool>());

@@ -182,7 +182,7 @@ public sealed record AugmentationConfig
     public int Multiplicity { get; init; } = 1;
 
     /// <summary>
-    /// Tumour copy-paste: the probability that a slice receives another slice's tumour, shrunk to a random
+    /// Tumour copy-paste: the probability that a slice with tumour receives another slice's tumour, shrunk to a random
     /// <see cref="TumourPasteMinScale"/>..1 of its size, moved to a random place and kept only inside the receiving
     /// brain (images and labels both; 0: off). Aimed at the small tumours a model misses. It mixes two patients'
     /// slices, so it is for non-private training only: a DP recipe that sets it is refused.
