@@ -7,8 +7,8 @@ namespace MriSeg.Learning.Training;
 /// Random per-slice augmentation on a batch: one resampling (flips, rotation, isotropic scale and, when on, a smooth
 /// elastic displacement field; bilinear for images, nearest for masks, zero outside the field of view) and a
 /// per-channel intensity gain and offset on brain pixels (where any channel is non-zero; the background stays 0 as
-/// pre-processing leaves it). Each slice of the
-/// batch, including each augmented copy of the same slice, draws its own parameters.
+/// pre-processing leaves it), then, when on (non-private only), tumour copy-paste between the batch's slices. Each
+/// slice of the batch, including each augmented copy of the same slice, draws its own parameters.
 /// </summary>
 public sealed class SliceAugmenter
 {
