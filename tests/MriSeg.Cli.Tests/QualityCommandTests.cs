@@ -242,5 +242,12 @@ public sealed class QualityCommandTests : IDisposable
             Assert.Equal(1, refused.ExitCode);
             Assert.Contains(message, refused.Stderr, StringComparison.Ordinal);
         }
+
+        // A report named like the recipe (x.md writes x.json too) would overwrite it: refused before training, recipe intact.
+        var before = await File.ReadAllBytesAsync(recipe, TestContext.Current.CancellationToken);
+        var clash = await CliRun.RunAsync("bench", "quality", "--data", a, "--recipes", recipe, "--out", Path.ChangeExtension(recipe, ".md"));
+        Assert.Equal(1, clash.ExitCode);
+        Assert.Contains("would overwrite the recipe", clash.Stderr, StringComparison.Ordinal);
+        Assert.Equal(before, await File.ReadAllBytesAsync(recipe, TestContext.Current.CancellationToken));
     }
 }

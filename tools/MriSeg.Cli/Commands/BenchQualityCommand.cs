@@ -81,13 +81,23 @@ internal static class BenchQualityCommand
                 recipeList[i] = recipeList[i] with { Config = TrainCommand.BuildConfig(recipeList[i].Path, null, null, false, null, null, null) };
             }
 
+            // The report is written as --out and beside it as .json: refuse before hours of training to overwrite a recipe with it.
+            var outPath = context.GetValue(output)!;
+            var jsonPath = Path.ChangeExtension(outPath, ".json");
+            foreach (var r in recipeList)
+            {
+                if (new[] { outPath, jsonPath }.Any(o => string.Equals(Path.GetFullPath(o), Path.GetFullPath(r.Path), StringComparison.Ordinal)))
+                {
+                    throw new CliException($"--out {outPath} would overwrite the recipe {r.Path} with the report (written as {Path.GetFileName(outPath)} and {Path.GetFileName(jsonPath)}): choose another --out");
+                }
+            }
+
             var recipeNames = recipeList.Select(r => r.Name).ToList();
             if (seeds is not null)
             {
                 recipeList = [.. recipeList.SelectMany(r => seeds.Select(s => (Name: $"{r.Name}-seed{s}", r.Path, Config: (TrainingConfig?)(r.Config! with { Seed = s }))))];
             }
 
-            var outPath = context.GetValue(output)!;
             var modelsRoot = context.GetValue(keepModels);
             var chosen = TrainCommand.InitializeDevice(context, context.GetValue(device));
             var results = new List<RecipeResult>();
@@ -150,7 +160,6 @@ internal static class BenchQualityCommand
             }
 
             await File.WriteAllTextAsync(outPath, markdown, cancellationToken);
-            var jsonPath = Path.ChangeExtension(outPath, ".json");
             await File.WriteAllTextAsync(jsonPath, JsonSerializer.Serialize(report, TrainingOutputs.JsonOptions), cancellationToken);
             context.Output.Progress($"wrote {outPath} and {jsonPath}");
             context.Output.WriteResult(report, (console, r) => console.Write(new Text(r.ToMarkdown())), TrainingOutputs.JsonOptions);
