@@ -77,7 +77,7 @@ public sealed class SliceAugmenter
                 offsets[i] = (float)((2 * _random.NextDouble() - 1) * _config.IntensityShift);
             }
 
-            var brain = outImages.ne(0).any(1, keepdim: true).to(images.dtype);
+            var brain = BrainMask(outImages).to(images.dtype);
             var gain = tensor(gains, [n, c, 1, 1]).to(images.dtype, images.device);
             var offset = tensor(offsets, [n, c, 1, 1]).to(images.dtype, images.device);
             outImages = (outImages * gain) + (offset * brain);
@@ -120,7 +120,7 @@ public sealed class SliceAugmenter
         var grid = F.affine_grid(t, [n, c, h, w], align_corners: false);
         var donorImages = F.grid_sample(images.index_select(0, index), grid, GridSampleMode.Bilinear, GridSamplePaddingMode.Zeros, align_corners: false);
         var donorMasks = F.grid_sample(masks.index_select(0, index), grid.to(masks.dtype), GridSampleMode.Nearest, GridSamplePaddingMode.Zeros, align_corners: false);
-        var brain = images.ne(0).any(1, keepdim: true);
+        var brain = BrainMask(images);
 
         // Only slices that already hold tumour receive one: the tumour-free slices are the model's only lesson in
         // predicting nothing (pasting into them too raised false alarms on tumour-free patients, 0.95 → 0.76).
@@ -129,6 +129,9 @@ public sealed class SliceAugmenter
         var region = donorMasks.gt(0.5).any(1, keepdim: true).logical_and(brain).logical_and(take);
         return (where(region, donorImages, images), where(region, maximum(masks, donorMasks), masks));
     }
+
+    /// <summary>Brain pixels, [n, 1, H, W] boolean: where any channel is non-zero (pre-processing leaves the background 0).</summary>
+    private static Tensor BrainMask(Tensor images) => images.ne(0).any(1, keepdim: true);
 
     /// <summary>
     /// A smooth random displacement per slice, [n, H, W, 2] in grid_sample's normalised (x, y) units: control points
