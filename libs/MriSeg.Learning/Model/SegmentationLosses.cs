@@ -70,4 +70,37 @@ public static class SegmentationLosses
         var dice = SoftDice(smooth);
         return (logits, targets) => dice(logits, targets) + (logits.sigmoid() - targets).abs().mean([1, 2, 3]);
     }
+
+    /// <summary>
+    /// The deep-supervision loss per sample: <paramref name="loss"/> of each output (full resolution first, then
+    /// 1/2, 1/4, … of it) against the targets average-pooled to its grid (a soft target: the tumour share of each
+    /// coarse pixel), weighted 1, ½, ¼, … and normalised to sum to 1, as nnU-Net weights its decoder outputs.
+    /// </summary>
+    /// <exception cref="ArgumentException">An output's grid is not the target's divided by 2^i.</exception>
+    public static Tensor DeepSupervised(PerSampleLoss loss, IReadOnlyList<Tensor> outputs, Tensor targets)
+    {
+        ArgumentNullException.ThrowIfNull(loss);
+        ArgumentNullException.ThrowIfNull(outputs);
+        ArgumentNullException.ThrowIfNull(targets);
+        Tensor? total = null;
+        double weightSum = 0;
+        for (var i = 0; i < outputs.Count; i++)
+        {
+            var factor = 1L << i;
+            if (outputs[i].shape[2] * factor != targets.shape[2] || outputs[i].shape[3] * factor != targets.shape[3])
+            {
+                throw new ArgumentException(
+                    $"deep-supervision output {i} is {outputs[i].shape[2]}x{outputs[i].shape[3]}; expected the target's " +
+                    $"{targets.shape[2]}x{targets.shape[3]} divided by {factor}.", nameof(outputs));
+            }
+
+            var target = i == 0 ? targets : F.avg_pool2d(targets, factor, factor);
+            var weight = 1.0 / factor;
+            var term = loss(outputs[i], target) * weight;
+            total = total is null ? term : total + term;
+            weightSum += weight;
+        }
+
+        return total is null ? throw new ArgumentException("no output to score.", nameof(outputs)) : total / weightSum;
+    }
 }

@@ -151,6 +151,20 @@ public sealed class UNet2d : nn.Module<Tensor, Tensor>
         return Run(input, ps, folds: 1);
     }
 
+    /// <summary>
+    /// [N, in, H, W] → the logits of the full-resolution head, then of each deep-supervision head
+    /// (<see cref="UNetConfig.DeepSupervision"/>: [N, out, H/2, W/2], [N, out, H/4, W/4], …); for training.
+    /// </summary>
+    public Tensor[] ForwardLogitsWithDeepSupervision(Tensor input)
+    {
+        ArgumentNullException.ThrowIfNull(input);
+        var ps = OrderedParameters();
+        CheckInput(input, Config.InChannels, ps[0]);
+        var auxiliary = new Tensor[Config.DeepSupervision];
+        var main = Run(input, ps, folds: 1, auxiliary);
+        return [main, .. auxiliary];
+    }
+
     /// <summary>Applies the configured final activation to logits of shape [N, out, H, W].</summary>
     public Tensor ApplyFinalActivation(Tensor logits) => Config.FinalActivation switch
     {
@@ -190,7 +204,12 @@ public sealed class UNet2d : nn.Module<Tensor, Tensor>
     /// layer may be given its single, unfolded weight and bias (a frozen layer, which needs no per-group
     /// gradient): it then runs on the unfolded batch [n·G, in, H, W] with that one copy.
     /// </summary>
-    internal Tensor Run(Tensor x, IReadOnlyList<Tensor> p, int folds)
+    /// <param name="x">The input, [n, G·in, H, W].</param>
+    /// <param name="p">The parameters in layout order.</param>
+    /// <param name="folds">G.</param>
+    /// <param name="deepSupervision">When given (one slot per deep-supervision head, unfolded runs only), receives the
+    /// heads' logits, coarsest last.</param>
+    internal Tensor Run(Tensor x, IReadOnlyList<Tensor> p, int folds, Tensor[]? deepSupervision = null)
     {
         var c = Config;
         var layout = _layout;
@@ -275,6 +294,10 @@ public sealed class UNet2d : nn.Module<Tensor, Tensor>
         {
             var up = Act(Norm(Conv(Up(x), layout.UpSample[l]), layout.UpSample[l] + 1));
             x = Block(Cat(skips[l], up), layout.UpConv[l]);
+            if (deepSupervision is not null && l >= 1 && l <= deepSupervision.Length)
+            {
+                deepSupervision[l - 1] = Conv(x, layout.DeepSupervisionHeads[l - 1]);
+            }
         }
 
         return Conv(Act(Conv(x, layout.OutConv1)), layout.OutConv2);

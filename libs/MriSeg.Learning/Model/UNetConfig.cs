@@ -110,6 +110,16 @@ public sealed record UNetConfig
     /// </summary>
     public bool WeightStandardisation { get; init; }
 
+    /// <summary>
+    /// Deep supervision (Lee et al. 2015; as in nnU-Net): k extra 3x3 heads (<c>ds_heads.0..k-1</c>) on the outputs of
+    /// decoder levels 1..k, at 1/2 … 1/2^k of the input resolution, trained against the target pooled to their grid
+    /// (<see cref="SegmentationLosses.DeepSupervised"/>) so that the coarse decoder levels get a direct training signal.
+    /// Prediction uses the full-resolution head only. Non-private training only; 0 (off) in the reference, and then
+    /// not written to config.json.
+    /// </summary>
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingDefault)]
+    public int DeepSupervision { get; init; }
+
     /// <summary>Non-linearity.</summary>
     public UNetActivation Activation { get; init; } = UNetActivation.LeakyRelu;
 
@@ -153,6 +163,8 @@ public sealed record UNetConfig
         Require((long)BaseWidth << (Depth + 1) <= 16384, $"base_width·2^(depth+1) = {(long)BaseWidth << (Depth + 1)} is above 16384.");
         Require(GroupNormGroups >= 1 && (2 * BaseWidth) % GroupNormGroups == 0,
             $"group_norm_groups ({GroupNormGroups}) must divide 2·base_width ({2 * BaseWidth}), the narrowest normalised width.");
+        Require(DeepSupervision >= 0 && DeepSupervision < Depth,
+            $"deep_supervision must be 0..depth-1 = {Depth - 1} (the decoder levels below full resolution), got {DeepSupervision}.");
         Require(GroupNormEps > 0 && double.IsFinite(GroupNormEps), $"group_norm_eps must be positive, got {GroupNormEps}.");
         Require(double.IsFinite(NegativeSlope) && NegativeSlope >= 0 && NegativeSlope < 1, $"negative_slope must be in [0, 1), got {NegativeSlope}.");
         Require(Enum.IsDefined(Activation), $"unknown activation {Activation}.");

@@ -66,6 +66,10 @@ public sealed class UNetLayout
         Bottleneck = Block("bottleneck_conv", w << config.Depth, w << (config.Depth + 1));
         OutConv1 = Add("out_conv.0", UNetLayerKind.Conv3x3, 2 * w, w);
         OutConv2 = Add("out_conv.2", UNetLayerKind.Conv3x3, w, config.OutChannels);
+
+        // After every reference layer, so a model without deep supervision keeps the reference's parameter order.
+        DeepSupervisionHeads = [.. Enumerable.Range(1, config.DeepSupervision)
+            .Select(l => Add($"ds_heads.{l - 1}", UNetLayerKind.Conv3x3, w << (l + 1), config.OutChannels))];
         Layers = layers;
         ParameterNames = [.. layers.SelectMany(l => new[] { l.Name + ".weight", l.Name + ".bias" })];
         ParameterCount = layers.Sum(l => l.ParameterCount);
@@ -126,7 +130,7 @@ public sealed class UNetLayout
             {
                 throw new ArgumentException(
                     $"trainable: \"{pattern}\" matches no parameter of this U-Net (names start with in_conv, down_convs.L.conv.N, " +
-                    $"bottleneck_conv.conv.N, up_samples.L.conv.N, up_convs.L.conv.N, out_conv.N; e.g. {names[0]}, {names[^1]}).");
+                    $"bottleneck_conv.conv.N, up_samples.L.conv.N, up_convs.L.conv.N, out_conv.N, ds_heads.L; e.g. {names[0]}, {names[^1]}).");
             }
         }
 
@@ -181,4 +185,7 @@ public sealed class UNetLayout
     internal int OutConv1 { get; }
 
     internal int OutConv2 { get; }
+
+    /// <summary>The deep-supervision head of decoder level l + 1 at index l.</summary>
+    internal int[] DeepSupervisionHeads { get; }
 }

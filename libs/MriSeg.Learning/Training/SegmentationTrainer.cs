@@ -702,7 +702,9 @@ public static class SegmentationTrainer
             {
                 using var scope = NewDisposeScope();
                 var chunk = Materialise(choice);
-                var perSlice = _loss(_model.ForwardLogits(chunk.Inputs), chunk.Targets);
+                var perSlice = _model.Config.DeepSupervision > 0
+                    ? SegmentationLosses.DeepSupervised(_loss, _model.ForwardLogitsWithDeepSupervision(chunk.Inputs), chunk.Targets)
+                    : _loss(_model.ForwardLogits(chunk.Inputs), chunk.Targets);
                 var sum = perSlice.sum();
                 (sum / total).backward();
                 lossSum += sum.item<float>();

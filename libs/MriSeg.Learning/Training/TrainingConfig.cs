@@ -429,6 +429,8 @@ public sealed record TrainingConfig
         Require(a.TumourPasteMinScale > 0 && a.TumourPasteMinScale <= 1, $"augmentation.tumour_paste_min_scale must be in (0, 1], got {F(a.TumourPasteMinScale)}.");
         Require(a.TumourPaste == 0 || p.Mode != PrivacyMode.Dp,
             "augmentation.tumour_paste mixes two patients' slices, which breaks the per-patient privacy bound: use it only with privacy.mode non_private.");
+        Require(Model is null || Model.DeepSupervision == 0 || p.Mode != PrivacyMode.Dp,
+            "model.deep_supervision trains extra heads that the per-patient gradient engine does not compute: use it only with privacy.mode non_private.");
         Require(TverskyBeta > 0 && TverskyBeta < 1, $"tversky_beta must be in (0, 1), got {F(TverskyBeta)}.");
         Require(EmaDecay >= 0 && EmaDecay < 1, $"ema_decay must be in [0, 1), got {F(EmaDecay)}.");
         var v = Validation ?? throw new ArgumentException("invalid training configuration: validation is null.");
