@@ -549,7 +549,7 @@ public sealed class ScenarioRunner(ScenarioEndpoints endpoints, BlobServiceClien
 
         using (trained)
         {
-            if (config.Model is { } wanted && wanted != trained!.Config)
+            if (config.Model is { } wanted && wanted.WithoutDeepSupervision() != trained!.Config)
             {
                 throw new ScenarioException(3, $"the base model in {folder} is not the pipeline's architecture ({JsonSerializer.Serialize(trained!.Config)}; the pipeline's: {JsonSerializer.Serialize(wanted)})");
             }

@@ -37,16 +37,18 @@ public sealed class DeepSupervisionTests(TorchRuntimeFixture fixture)
         Assert.True(outputs[0].equal(model.ForwardLogits(x)).all().item<bool>());
 
         // The same weights without the heads predict the same: prediction never uses them.
-        using var plain = new UNet2d(Plain);
-        using (no_grad())
-        {
-            foreach (var (to, from) in plain.OrderedParameters().Zip(model.OrderedParameters()))
-            {
-                to.copy_(from);
-            }
-        }
-
+        using var plain = model.WithoutDeepSupervision();
+        Assert.Equal(Plain, plain.Config);
+        Assert.Equal(plainNames, plain.Layout.ParameterNames);
         Assert.True(plain.ForwardLogits(x).equal(outputs[0]).all().item<bool>());
+
+        // And a model with heads starts from one without them: the shared layers are copied, the heads keep their values.
+        using var again = new UNet2d(WithHeads, generator: new Generator(5));
+        var heads = again.OrderedParameters().TakeLast(4).Select(p => p.clone()).ToList();
+        again.LoadWeightsFrom(plain);
+        Assert.True(again.ForwardLogits(x).equal(outputs[0]).all().item<bool>());
+        Assert.All(heads.Zip(again.OrderedParameters().TakeLast(4)), h => Assert.True(h.First.equal(h.Second).all().item<bool>()));
+        Assert.Throws<ArgumentException>(() => again.LoadWeightsFrom(new UNet2d(Plain with { BaseWidth = 4 })));
     }
 
     [Fact]
@@ -103,8 +105,14 @@ public sealed class DeepSupervisionTests(TorchRuntimeFixture fixture)
             Validation = new ValidationConfig { EveryEpochs = 1, KeepBest = false },
             Threads = 1,
         };
-        using var result = SegmentationTrainer.Train(data, null, training, new TrainingOptions { InitialModel = initial });
-        var head = result.Model.OrderedParameters()[^2];
-        Assert.False(head.equal(initial.OrderedParameters()[^2]).all().item<bool>(), "the deep-supervision head did not change");
+        TrainingCheckpoint? last = null;
+        using var result = SegmentationTrainer.Train(data, null, training, new TrainingOptions { InitialModel = initial, Checkpoint = c => last = c });
+        var head = last!.Weights.Single(w => w.Name == "ds_heads.0.weight");
+        using var trained = Formats.TorchSafeTensors.ToTensor(head);
+        Assert.False(trained.equal(initial.OrderedParameters()[^2]).all().item<bool>(), "the deep-supervision head did not change");
+
+        // The checkpoint keeps the heads (a resumed run needs them); the trained model is the one that predicts, without them.
+        Assert.Equal(config.WithoutDeepSupervision(), result.Model.Config);
+        Assert.DoesNotContain(result.Model.Layout.ParameterNames, n => n.StartsWith("ds_heads", StringComparison.Ordinal));
     }
 }

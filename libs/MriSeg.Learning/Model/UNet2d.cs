@@ -66,12 +66,16 @@ public sealed class UNet2d : nn.Module<Tensor, Tensor>
     /// <summary>The parameters in layout order (layer i: 2i weight, 2i+1 bias).</summary>
     public IReadOnlyList<Parameter> OrderedParameters() => [.. parameters()];
 
-    /// <summary>Copies <paramref name="source"/>'s weights (same architecture; any dtype or device) into this model.</summary>
-    /// <exception cref="ArgumentException">The architectures differ.</exception>
+    /// <summary>
+    /// Copies <paramref name="source"/>'s weights (any dtype or device) into this model. The architectures may differ
+    /// only in their deep-supervision heads, which come last in the layout: the heads both have are copied, a head
+    /// only this model has keeps its value (so a recipe with deep supervision can start from a model without it).
+    /// </summary>
+    /// <exception cref="ArgumentException">The architectures differ otherwise.</exception>
     public void LoadWeightsFrom(UNet2d source)
     {
         ArgumentNullException.ThrowIfNull(source);
-        if (source.Config != Config)
+        if (source.Config.WithoutDeepSupervision() != Config.WithoutDeepSupervision())
         {
             throw new ArgumentException("the source model's architecture differs from this one's.", nameof(source));
         }
@@ -81,6 +85,18 @@ public sealed class UNet2d : nn.Module<Tensor, Tensor>
         {
             to.copy_(from);
         }
+    }
+
+    /// <summary>
+    /// A new model of <see cref="UNetConfig.WithoutDeepSupervision"/> with this one's weights (same dtype and device):
+    /// the same predictions, in the reference layout, without the training-only heads.
+    /// </summary>
+    public UNet2d WithoutDeepSupervision()
+    {
+        var first = OrderedParameters()[0];
+        var copy = new UNet2d(Config.WithoutDeepSupervision(), first.dtype, first.device);
+        copy.LoadWeightsFrom(this);
+        return copy;
     }
 
     /// <summary>A new model of the same architecture with this one's weights, in <paramref name="dtype"/> on <paramref name="device"/>.</summary>

@@ -114,11 +114,14 @@ public sealed record UNetConfig
     /// Deep supervision (Lee et al. 2015; as in nnU-Net): k extra 3x3 heads (<c>ds_heads.0..k-1</c>) on the outputs of
     /// decoder levels 1..k, at 1/2 … 1/2^k of the input resolution, trained against the target pooled to their grid
     /// (<see cref="SegmentationLosses.DeepSupervised"/>) so that the coarse decoder levels get a direct training signal.
-    /// Prediction uses the full-resolution head only. Non-private training only; 0 (off) in the reference, and then
-    /// not written to config.json.
+    /// Prediction uses the full-resolution head only, and training returns the model without the heads. Non-private
+    /// training only; 0 (off) in the reference, and then not written to config.json.
     /// </summary>
     [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingDefault)]
     public int DeepSupervision { get; init; }
+
+    /// <summary>This architecture without the training-only deep-supervision heads: the model that predicts.</summary>
+    public UNetConfig WithoutDeepSupervision() => this with { DeepSupervision = 0 };
 
     /// <summary>Non-linearity.</summary>
     public UNetActivation Activation { get; init; } = UNetActivation.LeakyRelu;

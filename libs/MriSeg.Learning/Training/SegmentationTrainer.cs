@@ -443,8 +443,18 @@ public static class SegmentationTrainer
                     _noise.IsCryptographicallySecure && secret is null);
             }
 
-            var model = _evalModel;
-            _evalModelTaken = true;
+            // Deep-supervision heads only train: the result is the model that predicts, in the reference layout.
+            UNet2d model;
+            if (_evalModel.Config.DeepSupervision > 0)
+            {
+                model = _evalModel.WithoutDeepSupervision();
+            }
+            else
+            {
+                model = _evalModel;
+                _evalModelTaken = true;
+            }
+
             return new TrainingResult(model, _config, _plan, [.. _epochs], privacy, step, bestEpoch, bestDice, stopReason,
                 Seconds, stepSeconds, slicesTotal, patientsTotal, lost);
         }
@@ -807,7 +817,7 @@ public static class SegmentationTrainer
             var model = new UNet2d(config, ScalarType.Float32, CPU, generator);
             if (initial is not null)
             {
-                if (initial.Config != config)
+                if (initial.Config.WithoutDeepSupervision() != config.WithoutDeepSupervision())
                 {
                     model.Dispose();
                     throw new ArgumentException("the initial model's architecture differs from the run's model config.");
