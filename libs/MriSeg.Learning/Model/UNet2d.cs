@@ -75,7 +75,7 @@ public sealed class UNet2d : nn.Module<Tensor, Tensor>
     public void LoadWeightsFrom(UNet2d source)
     {
         ArgumentNullException.ThrowIfNull(source);
-        if (source.Config.WithoutDeepSupervision() != Config.WithoutDeepSupervision())
+        if (!Config.SameExceptDeepSupervision(source.Config))
         {
             throw new ArgumentException("the source model's architecture differs from this one's.", nameof(source));
         }

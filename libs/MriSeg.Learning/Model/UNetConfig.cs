@@ -123,6 +123,10 @@ public sealed record UNetConfig
     /// <summary>This architecture without the training-only deep-supervision heads: the model that predicts.</summary>
     public UNetConfig WithoutDeepSupervision() => this with { DeepSupervision = 0 };
 
+    /// <summary>Whether <paramref name="other"/> has these layers, heads aside: weights carry over between the two.</summary>
+    public bool SameExceptDeepSupervision(UNetConfig other) =>
+        other is not null && WithoutDeepSupervision() == other.WithoutDeepSupervision();
+
     /// <summary>Non-linearity.</summary>
     public UNetActivation Activation { get; init; } = UNetActivation.LeakyRelu;
 

@@ -817,7 +817,7 @@ public static class SegmentationTrainer
             var model = new UNet2d(config, ScalarType.Float32, CPU, generator);
             if (initial is not null)
             {
-                if (initial.Config.WithoutDeepSupervision() != config.WithoutDeepSupervision())
+                if (!config.SameExceptDeepSupervision(initial.Config))
                 {
                     model.Dispose();
                     throw new ArgumentException("the initial model's architecture differs from the run's model config.");
