@@ -162,6 +162,7 @@ public static class SegmentationTrainer
             LossKind.DiceL1 => SegmentationLosses.DiceL1(),
             LossKind.Bce => SegmentationLosses.BinaryCrossEntropy,
             LossKind.BceTversky => SegmentationLosses.BceTversky(config.TverskyBeta),
+            LossKind.BceLovasz => SegmentationLosses.BceLovasz,
             _ => throw new ArgumentOutOfRangeException(nameof(config), config.Loss, "unknown loss"),
         };
     }

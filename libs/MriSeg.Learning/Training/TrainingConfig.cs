@@ -76,6 +76,10 @@ public enum LossKind
     /// </summary>
     [JsonStringEnumMemberName("bce_tversky")]
     BceTversky,
+
+    /// <summary>Binary cross-entropy + the Lovász hinge (a convex surrogate of each sample's 1 − IoU; Berman et al. 2018).</summary>
+    [JsonStringEnumMemberName("bce_lovasz")]
+    BceLovasz,
 }
 
 /// <summary>How each step sees a patient and what privacy it buys.</summary>
