@@ -49,6 +49,21 @@ public sealed class PerSampleGradientTests(TorchRuntimeFixture fixture, ITestOut
         return worst;
     }
 
+    [Fact]
+    public void Folded_gradients_equal_micro_batching_with_the_lovasz_hinge_loss()
+    {
+        // The Lovász hinge sorts each sample's pixels: the folded pass must keep that sort within a sample.
+        using var scope = NewDisposeScope();
+        var (model, x, y) = Setup(UNetTests.Tiny with { Depth = 2 }, 4, 16, 7);
+        using var _ = model;
+        var grouping = SliceGrouping.Create([1, 0, 1, 2], GroupReduction.Sum);
+        using var folded = PerSampleGradients.Compute(model, x, y, grouping, SegmentationLosses.BceLovasz);
+        using var micro = PerSampleGradients.ComputeByMicroBatching(model, x, y, grouping, SegmentationLosses.BceLovasz);
+        var worst = WorstRelativeError(folded, micro, out var name);
+        Assert.True(worst <= 1e-10, $"worst relative difference {worst:E2} at {name}");
+        Assert.True(folded.GroupLosses.allclose(micro.GroupLosses, 1e-12, 0));
+    }
+
     [Theory]
     [InlineData(2, 16, GroupReduction.Sum)]
     [InlineData(3, 32, GroupReduction.Sum)]
